@@ -1,0 +1,33 @@
+"""optax_sai: SGD-SaI (learning-rate Scaling at Initialization) for Optax.
+
+Reference: Xu et al., "No More Adam: Learning Rate Scaling at Initialization
+is All You Need", arXiv:2412.11768, 2024.
+"""
+
+from optax_sai._alias import sgd_sai
+from optax_sai._gsnr import gsnr, resolve_block_axes
+from optax_sai._sharding import init_sharded, state_shardings
+from optax_sai._transforms import (
+    SaiMomentumState,
+    ScaleByGsnrState,
+    find_gsnr_state,
+    gsnr_scales,
+    sai_momentum,
+    scale_by_gsnr,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SaiMomentumState",
+    "ScaleByGsnrState",
+    "find_gsnr_state",
+    "gsnr",
+    "gsnr_scales",
+    "init_sharded",
+    "resolve_block_axes",
+    "sai_momentum",
+    "scale_by_gsnr",
+    "sgd_sai",
+    "state_shardings",
+]

@@ -1,0 +1,130 @@
+"""``sgd_sai``: the full optimizer as one ``optax.chain`` of public building blocks."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import jax
+import optax
+
+from optax_sai import _gsnr, _transforms
+
+
+def _check_scalar(name: str, value: Any, *, low: float, high: float | None = None,
+                  high_inclusive: bool = False) -> None:
+  """Validates a hyperparameter when it is a concrete number (not a schedule or tracer)."""
+  if isinstance(value, jax.core.Tracer) or callable(value):
+    return
+  try:
+    x = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a number, got {value!r}.") from None
+  if x != x:
+    raise ValueError(f"{name} must not be NaN.")
+  if x < low:
+    raise ValueError(f"{name} must be >= {low}, got {x}.")
+  if high is not None and (x > high or (x == high and not high_inclusive)):
+    bracket = "]" if high_inclusive else ")"
+    raise ValueError(f"{name} must be in [{low}, {high}{bracket}, got {x}.")
+
+
+def _floating_mask(mask: Any) -> Any:
+  """Combines a user weight-decay mask with 'floating-point leaves only'."""
+
+  def resolve(params):
+    user = mask(params) if callable(mask) else mask
+    if user is None:
+      return jax.tree.map(_gsnr.is_trainable_leaf, params)
+    return jax.tree.map(
+        lambda m, p: bool(m) and _gsnr.is_trainable_leaf(p),
+        user,
+        params,
+        is_leaf=lambda x: isinstance(x, bool) or x is None,
+    )
+
+  return resolve
+
+
+def sgd_sai(
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: float | jax.Array = 0.9,
+    weight_decay: float | jax.Array = 1e-2,
+    eps: float = 1e-8,
+    *,
+    normalize: bool = True,
+    weight_decay_mask: Any = None,
+    mu_dtype: Any | None = None,
+    block_axes: _gsnr.BlockAxes = None,
+) -> optax.GradientTransformation:
+  r"""SGD-SaI: SGD with momentum, its learning rate scaled at initialisation by g-SNR.
+
+  Per parameter block :math:`i` (a pytree leaf, or a slice of one along
+  ``block_axes``), with :math:`g_t` the gradient:
+
+  .. math::
+    s_i &= \|g_1\|_2 / (\mathrm{std}(g_1) + \epsilon) \quad
+           (\text{captured once; divided by } \max_k s_k \text{ if normalize}) \\
+    m_1 &= g_1, \quad m_t = \mu m_{t-1} + (1 - \mu) g_t \\
+    \theta_t &= \theta_{t-1} - \eta_t (s_i m_t + \lambda \theta_{t-1})
+
+  It is literally ``optax.chain(scale_by_gsnr, sai_momentum,
+  optax.add_decayed_weights, optax.scale_by_learning_rate)``. Its state is the
+  momentum (parameter-sized, in ``mu_dtype``) plus one value and one flag per
+  block and two step counters: half of AdamW's.
+
+  ``normalize=True`` follows the paper's Algorithm 1 (scales in (0, 1]);
+  ``normalize=False`` reproduces the released PyTorch package ``sgd-sai``
+  1.0.3, whose step is ``lr * g-SNR`` (so its learning rates are smaller by
+  the largest block's g-SNR, typically a few hundred).
+
+  Args:
+    learning_rate: a fixed step size or an ``optax.Schedule``.
+    momentum: decay of the momentum EMA, in [0, 1). 0 gives plain SGD with
+      the g-SNR scales.
+    weight_decay: decoupled weight decay, multiplied by the (scheduled)
+      learning rate only, never by the g-SNR scale.
+    eps: added to each block's gradient standard deviation.
+    normalize: divide the g-SNR by the largest block's (paper) or not
+      (PyTorch package 1.0.3).
+    weight_decay_mask: like ``optax.adamw``'s ``mask``: a pytree of bools or a
+      callable ``params -> pytree of bools`` saying which leaves decay.
+      Non-floating leaves never decay.
+    mu_dtype: dtype of the momentum buffer, e.g. ``jnp.bfloat16``.
+    block_axes: how leaves split into blocks (see :func:`scale_by_gsnr`);
+      ``0`` for the stacked layers of ``nnx.scan``.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Raises:
+    ValueError: for a negative learning rate, eps or weight decay, or a
+      momentum outside [0, 1).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, optax_sai
+    >>> schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 10, 100)
+    >>> tx = optax_sai.sgd_sai(schedule, momentum=0.9, weight_decay=1e-2)
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> loss = lambda p: jnp.sum((p["w"] - 2.0) ** 2)
+    >>> state = tx.init(params)
+    >>> grads = jax.grad(loss)(params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+
+  References:
+    Xu et al., `No More Adam: Learning Rate Scaling at Initialization is All
+    You Need <https://arxiv.org/abs/2412.11768>`_, 2024.
+  """
+  _check_scalar("learning_rate", learning_rate, low=0.0)
+  _check_scalar("momentum", momentum, low=0.0, high=1.0)
+  _check_scalar("weight_decay", weight_decay, low=0.0)
+  _check_scalar("eps", eps, low=0.0)
+  if not isinstance(normalize, bool | numbers.Integral):
+    raise ValueError(f"normalize must be a bool, got {normalize!r}.")
+  return optax.chain(
+      _transforms.scale_by_gsnr(eps, normalize=bool(normalize), block_axes=block_axes),
+      _transforms.sai_momentum(momentum, mu_dtype=mu_dtype),
+      optax.add_decayed_weights(weight_decay, mask=_floating_mask(weight_decay_mask)),
+      optax.scale_by_learning_rate(learning_rate),
+  )
