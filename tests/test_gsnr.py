@@ -1,0 +1,166 @@
+"""The g-SNR statistic and the block partition (optax_sai._gsnr)."""
+
+import math
+
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from references import np_gsnr
+
+import optax_sai
+
+# SPEC.md section 6 (float64, computed with the reference).
+SPEC_G4 = [1.0, 2.0, 3.0, 4.0]
+SPEC_G4_SNR = 4.2426407  # sqrt(18)
+SPEC_G22 = [[0.1, -0.2], [0.3, 0.4]]
+SPEC_G22_SNR = 2.0701966
+SPEC_G3 = [0.01, 0.02, 0.04]
+SPEC_G3_SNR = 2.999998
+
+
+@pytest.mark.parametrize(
+    "g, expected",
+    [(SPEC_G4, SPEC_G4_SNR), (SPEC_G22, SPEC_G22_SNR), (SPEC_G3, SPEC_G3_SNR)],
+)
+def test_spec_values_float32(g, expected):
+  value = float(optax_sai.gsnr(jnp.asarray(g, jnp.float32)))
+  # The SPEC values carry 8 significant digits.
+  assert value == pytest.approx(expected, rel=1e-6)
+
+
+def test_spec_values_float64_exact():
+  with jax.enable_x64(True):
+    exact = float(optax_sai.gsnr(jnp.asarray(SPEC_G4), eps=0.0))
+    assert exact == pytest.approx(math.sqrt(18), rel=1e-12)
+    for g in (SPEC_G4, SPEC_G22, SPEC_G3):
+      value = float(optax_sai.gsnr(jnp.asarray(g)))
+      assert value == pytest.approx(np_gsnr(g), rel=1e-12)
+    assert optax_sai.gsnr(jnp.asarray(SPEC_G4)).dtype == jnp.float64
+
+
+def test_unbiased_std_not_biased():
+  # A biased std would give sqrt(24) = 4.899 for [1, 2, 3, 4].
+  value = float(optax_sai.gsnr(jnp.asarray(SPEC_G4)))
+  assert abs(value - math.sqrt(24)) > 0.5
+
+
+def test_closed_form_against_moments(rng):
+  # snr = sqrt(n-1) * sqrt(1 + m^2 / v) for eps -> 0 (SPEC.md section 2).
+  g = rng.normal(0.3, 1.0, size=(17, 9))
+  n, m, v = g.size, g.mean(), g.var()
+  expected = math.sqrt(n - 1) * math.sqrt(1 + m * m / v)
+  with jax.enable_x64(True):
+    assert float(optax_sai.gsnr(jnp.asarray(g), eps=0.0)) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("magnitude", [1e-30, 1e-20, 1e19, 1e30])
+def test_extreme_magnitudes_neither_overflow_nor_underflow(rng, magnitude):
+  # float32 sums of squares overflow above ~1e19 and underflow below ~1e-23; g-SNR is
+  # scale invariant, so the value must be that of the unit-scale gradient (eps -> 0).
+  g = rng.normal(0.1, 1.0, size=(256, 64))
+  expected = np_gsnr(g, eps=0.0)
+  value = float(optax_sai.gsnr(jnp.asarray(g * magnitude, jnp.float32), eps=0.0))
+  assert value == pytest.approx(expected, rel=1e-4)
+
+
+def test_eps_is_absolute_not_relative():
+  # eps is added to the unscaled std: a tiny gradient is dominated by it.
+  g = jnp.array([1.0, 2.0, 3.0, 4.0]) * 1e-8
+  expected = np_gsnr(np.asarray(g, np.float64), eps=1e-8)
+  assert float(optax_sai.gsnr(g)) == pytest.approx(expected, rel=1e-5)
+  assert expected < 0.6 * np_gsnr(np.asarray(g, np.float64), eps=0.0)
+
+
+def test_one_element_block_is_one():
+  assert float(optax_sai.gsnr(jnp.array([3.0]))) == 1.0
+  assert float(optax_sai.gsnr(jnp.array(-2.5))) == 1.0
+
+
+def test_tree_and_non_float_leaves():
+  tree = {"a": jnp.asarray(SPEC_G22), "b": jnp.asarray(SPEC_G3), "i": jnp.arange(3), "n": None}
+  out = optax_sai.gsnr(tree)
+  assert out["i"] is None and out["n"] is None
+  np.testing.assert_allclose(float(out["a"]), SPEC_G22_SNR, rtol=1e-6)
+  np.testing.assert_allclose(float(out["b"]), SPEC_G3_SNR, rtol=1e-6)
+
+
+def test_bfloat16_statistics_in_float32(rng):
+  g = rng.normal(size=(64, 32)).astype(np.float32)
+  g_bf16 = jnp.asarray(g, jnp.bfloat16)
+  out = optax_sai.gsnr(g_bf16)
+  assert out.dtype == jnp.float32
+  # Same statistic as float32 applied to the bf16-rounded values.
+  expected = np_gsnr(np.asarray(g_bf16.astype(jnp.float32)))
+  assert float(out) == pytest.approx(expected, rel=1e-5)
+
+
+class TestBlockAxes:
+
+  def test_int_axis_splits_slices(self, rng):
+    w = rng.normal(size=(4, 6, 5))
+    out = optax_sai.gsnr({"w": jnp.asarray(w, jnp.float32)}, block_axes=0)
+    assert out["w"].shape == (4,)
+    np.testing.assert_allclose(out["w"], [np_gsnr(w[i]) for i in range(4)], rtol=1e-5)
+
+  def test_maxtext_layer_axis_one(self, rng):
+    w = rng.normal(size=(6, 3, 5))
+    out = optax_sai.gsnr(jnp.asarray(w, jnp.float32), block_axes=1)
+    np.testing.assert_allclose(out, [np_gsnr(w[:, i]) for i in range(3)], rtol=1e-5)
+
+  def test_two_axes_and_negative(self, rng):
+    w = rng.normal(size=(2, 3, 4, 5))
+    out = optax_sai.gsnr(jnp.asarray(w, jnp.float32), block_axes=(0, -1))
+    assert out.shape == (2, 5)
+    np.testing.assert_allclose(out[1, 3], np_gsnr(w[1, :, :, 3]), rtol=1e-5)
+
+  def test_pytree_prefix_and_callable_agree(self, rng):
+    params = {
+        "layers": {"w": jnp.asarray(rng.normal(size=(3, 4, 4)), jnp.float32),
+                   "b": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)},
+        "head": jnp.asarray(rng.normal(size=(4, 2)), jnp.float32),
+    }
+    by_tree = optax_sai.gsnr(params, block_axes={"layers": 0, "head": None})
+    by_fn = optax_sai.gsnr(
+        params, block_axes=lambda path, leaf: 0 if path[0].key == "layers" else None
+    )
+    jax.tree.map(np.testing.assert_array_equal, by_tree, by_fn)
+    assert by_tree["layers"]["b"].shape == (3,) and by_tree["head"].shape == ()
+
+  def test_axis_out_of_range_names_the_path(self):
+    with pytest.raises(ValueError, match=r"\['blocks'\]\['bias'\].*1 dimension"):
+      optax_sai.gsnr({"blocks": {"bias": jnp.ones(3)}}, block_axes=1)
+
+  def test_malformed_spec(self):
+    with pytest.raises(ValueError, match="expected None, an int or a tuple"):
+      optax_sai.gsnr({"w": jnp.ones((2, 2))}, block_axes={"w": "layers"})
+    with pytest.raises(ValueError, match="repeated axis"):
+      optax_sai.gsnr(jnp.ones((2, 2)), block_axes=(0, -2))
+
+
+finite_arrays = hnp.arrays(
+    np.float64,
+    hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=6).filter(
+        lambda s: math.prod(s) >= 2),
+    elements=st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False),
+).filter(lambda a: np.std(a) > 1e-3 * (np.abs(a).max() + 1e-12))
+
+
+@settings(max_examples=60, deadline=None)
+@given(finite_arrays, st.floats(1e-3, 1e3))
+def test_scale_invariance(g, c):
+  with jax.enable_x64(True):
+    a = float(optax_sai.gsnr(jnp.asarray(g), eps=0.0))
+    b = float(optax_sai.gsnr(jnp.asarray(g * c), eps=0.0))
+  assert b == pytest.approx(a, rel=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(finite_arrays)
+def test_lower_bound_sqrt_n_minus_1(g):
+  with jax.enable_x64(True):
+    value = float(optax_sai.gsnr(jnp.asarray(g), eps=0.0))
+  assert value >= math.sqrt(g.size - 1) * (1 - 1e-9)

@@ -1,0 +1,302 @@
+"""scale_by_gsnr and sai_momentum: capture, edge cases, dtypes, one-shot steady step."""
+
+import hlo_utils
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from references import np_gsnr
+
+import optax_sai
+
+G22 = jnp.array([[0.1, -0.2], [0.3, 0.4]])
+G3 = jnp.array([0.01, 0.02, 0.04])
+
+
+def run(tx, grads_seq, params):
+  state = tx.init(params)
+  outs = []
+  for g in grads_seq:
+    u, state = tx.update(g, state, params)
+    outs.append(u)
+  return outs, state
+
+
+class TestScaleByGsnr:
+
+  def test_spec_two_block_scales(self):
+    tx = optax_sai.scale_by_gsnr()
+    _, state = run(tx, [{"a": G22, "b": G3}], {"a": G22, "b": G3})
+    scales = optax_sai.gsnr_scales(state)
+    assert float(scales["a"]) == pytest.approx(0.69007, abs=5e-6)
+    assert float(scales["b"]) == 1.0
+    assert float(state.normalizer) == pytest.approx(2.999998, rel=1e-6)
+
+  def test_capture_is_frozen(self, rng):
+    params = {"w": jnp.zeros((8, 4)), "b": jnp.zeros(4)}
+    tx = optax_sai.scale_by_gsnr(normalize=False)
+    g1 = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    g2 = jax.tree.map(lambda p: jnp.asarray(rng.normal(3.0, 0.1, size=p.shape), jnp.float32),
+                      params)
+    (u1, u2), state = run(tx, [g1, g2], params)
+    for k in params:
+      s = np_gsnr(np.asarray(g1[k]))
+      np.testing.assert_allclose(u1[k], np.asarray(g1[k]) * s, rtol=1e-5)
+      np.testing.assert_allclose(u2[k], np.asarray(g2[k]) * s, rtol=1e-5)
+
+  def test_zero_first_gradient_captured_later_with_stored_normaliser(self):
+    params = {"head": G22, "body": G3}
+    zero = jnp.zeros(3)
+    seq = [{"head": G22, "body": zero}, {"head": G22 * 3, "body": zero},
+           {"head": -G22, "body": G3}]
+    tx = optax_sai.scale_by_gsnr()
+    state = tx.init(params)
+    u, state = tx.update(seq[0], state)
+    assert float(u["body"].sum()) == 0.0 and not bool(state.captured["body"])
+    # The normaliser is the max over the blocks captured at the first capture.
+    assert float(state.normalizer) == pytest.approx(np_gsnr(G22), rel=1e-6)
+    head_scale = float(optax_sai.gsnr_scales(state)["head"])
+    u, state = tx.update(seq[1], state)
+    assert not bool(state.captured["body"])
+    u, state = tx.update(seq[2], state)
+    scales = optax_sai.gsnr_scales(state)
+    assert bool(state.captured["body"])
+    assert float(scales["head"]) == head_scale == 1.0  # no earlier scale changes
+    # Late block divided by the same stored max: 3.0 / 2.07 > 1 is allowed.
+    assert float(scales["body"]) == pytest.approx(np_gsnr(G3) / np_gsnr(G22), rel=1e-5)
+    np.testing.assert_allclose(u["body"], np.asarray(G3) * float(scales["body"]), rtol=1e-6)
+
+  def test_non_finite_first_gradient_not_captured(self):
+    tx = optax_sai.scale_by_gsnr(normalize=False)
+    params = {"a": G22}
+    state = tx.init(params)
+    _, state = tx.update({"a": G22.at[0, 0].set(jnp.nan)}, state)
+    assert not bool(state.captured["a"])
+    _, state = tx.update({"a": G22.at[0, 1].set(jnp.inf)}, state)
+    assert not bool(state.captured["a"])
+    u, state = tx.update({"a": G22}, state)
+    assert bool(state.captured["a"])
+    assert float(state.gsnr["a"]) == pytest.approx(2.0701966, rel=1e-6)
+
+  def test_one_element_blocks_scale_one(self):
+    tx = optax_sai.scale_by_gsnr(normalize=False)
+    params = {"s": jnp.array(1.0), "v": jnp.array([2.0])}
+    grads = {"s": jnp.array(5.0), "v": jnp.array([-0.3])}
+    (u,), state = run(tx, [grads], params)
+    assert float(state.gsnr["s"]) == 1.0 and float(state.gsnr["v"]) == 1.0
+    assert float(u["s"]) == 5.0  # the reference would multiply by ~5e8
+
+  def test_stacked_blocks_captured_per_slice(self):
+    w = jnp.stack([G22, jnp.zeros((2, 2)), -G22 * 2])
+    tx = optax_sai.scale_by_gsnr(normalize=False, block_axes=0)
+    (u,), state = run(tx, [{"w": w}], {"w": w})
+    np.testing.assert_array_equal(state.captured["w"], [True, False, True])
+    np.testing.assert_allclose(u["w"][2], np.asarray(-G22 * 2) * np_gsnr(G22), rtol=1e-5)
+
+  def test_tree_mismatch_names_paths(self):
+    tx = optax_sai.scale_by_gsnr()
+    state = tx.init({"a": G22, "b": G3})
+    with pytest.raises(ValueError, match=r"missing from the updates: \[\"\['b'\]\"\]"):
+      tx.update({"a": G22}, state)
+    with pytest.raises(ValueError, match=r"not in the parameters: \[\"\['c'\]\"\]"):
+      tx.update({"a": G22, "b": G3, "c": G3}, state)
+
+  def test_negative_eps_rejected(self):
+    with pytest.raises(ValueError, match="eps"):
+      optax_sai.scale_by_gsnr(-1.0)
+
+
+class TestSaiMomentum:
+
+  def test_buffer_starts_at_first_gradient_and_dampens(self):
+    tx = optax_sai.sai_momentum(0.9)
+    g1, g2 = jnp.array([1.0, -2.0]), jnp.array([3.0, 0.5])
+    (u1, u2), _ = run(tx, [g1, g2], jnp.zeros(2))
+    np.testing.assert_allclose(u1, g1)
+    np.testing.assert_allclose(u2, 0.9 * g1 + 0.1 * g2, rtol=1e-7)
+    # optax.trace differs: no dampening (u2 = 0.9 * g1 + g2).
+    (_, t2), _ = run(optax.trace(0.9), [g1, g2], jnp.zeros(2))
+    assert not np.allclose(t2, u2)
+
+  def test_momentum_zero_is_plain_sgd(self, rng):
+    tx = optax_sai.sai_momentum(0.0)
+    seq = [jnp.asarray(rng.normal(size=5), jnp.float32) for _ in range(3)]
+    outs, _ = run(tx, seq, jnp.zeros(5))
+    for u, g in zip(outs, seq, strict=True):
+      np.testing.assert_array_equal(u, g)
+
+  @pytest.mark.parametrize("param_dtype", [jnp.bfloat16, jnp.float16])
+  @pytest.mark.parametrize("mu_dtype", [None, jnp.float32, jnp.bfloat16])
+  def test_low_precision(self, param_dtype, mu_dtype):
+    params = {"w": jnp.ones((4, 4), param_dtype)}
+    grads = {"w": (jnp.arange(16.0).reshape(4, 4) / 16 - 0.3).astype(param_dtype)}
+    tx = optax_sai.sgd_sai(1e-2, mu_dtype=mu_dtype)
+    state = tx.init(params)
+    updates, state = jax.jit(tx.update)(grads, state, params)
+    gsnr_state = optax_sai.find_gsnr_state(state)
+    assert gsnr_state.gsnr["w"].dtype == jnp.float32
+    assert state[1].mu["w"].dtype == (mu_dtype or param_dtype)
+    assert updates["w"].dtype == param_dtype
+    expected = np_gsnr(np.asarray(grads["w"].astype(jnp.float32)))
+    assert float(gsnr_state.gsnr["w"]) == pytest.approx(expected, rel=1e-5)
+
+
+class TestPassThrough:
+
+  def test_none_masked_empty_and_integer_leaves(self):
+    params = {"w": G22, "none": None, "empty": {}, "masked": optax.MaskedNode(),
+              "step": jnp.array(3, jnp.int32)}
+    grads = {"w": G22, "none": None, "empty": {}, "masked": optax.MaskedNode(),
+             "step": jnp.array(0, jnp.int32)}
+    tx = optax_sai.sgd_sai(0.1)
+    state = tx.init(params)
+    updates, state = jax.jit(tx.update)(grads, state, params)
+    assert updates["none"] is None and updates["empty"] == {}
+    assert isinstance(updates["masked"], optax.MaskedNode)
+    assert float(updates["step"]) == 0.0
+    new = optax.apply_updates(params, updates)
+    assert int(new["step"]) == 3 and new["step"].dtype == jnp.int32
+
+  def test_frozen_through_multi_transform(self):
+    params = {"frozen": G22, "train": G3}
+    tx = optax.multi_transform(
+        {"sai": optax_sai.sgd_sai(0.1), "frozen": optax.set_to_zero()},
+        {"frozen": "frozen", "train": "sai"},
+    )
+    state = tx.init(params)
+    updates, state = tx.update({"frozen": G22, "train": G3}, state, params)
+    np.testing.assert_array_equal(updates["frozen"], 0.0)
+    assert float(optax_sai.gsnr_scales(state)["train"]) == 1.0
+
+  def test_masked_transform(self):
+    params = {"a": G22, "b": G3}
+    tx = optax.masked(optax_sai.scale_by_gsnr(normalize=False), {"a": True, "b": False})
+    state = tx.init(params)
+    updates, state = tx.update(params, state)
+    np.testing.assert_array_equal(updates["b"], G3)  # optax.masked passes it through
+    np.testing.assert_allclose(updates["a"], np.asarray(G22) * np_gsnr(G22), rtol=1e-6)
+
+
+def _steady_hlo(tx, params):
+  def step(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+  state = tx.init(params)
+  return jax.jit(step, donate_argnums=(0, 1)).lower(params, state, params).compile().as_text()
+
+
+def test_steady_step_has_no_reductions_over_gradient_entries():
+  # Leaves with stacked axes too, so the per-block flags are arrays.
+  params = {"w": jnp.ones((64, 32)), "b": jnp.ones((32,)), "stack": jnp.ones((4, 16, 8))}
+  n_blocks = 1 + 1 + 4
+  tx = optax_sai.sgd_sai(0.1, block_axes=lambda p, x: 0 if p[0].key == "stack" else None)
+  comps, entry = hlo_utils.parse(_steady_hlo(tx, params))
+  conds = hlo_utils.conditional_branches(comps)
+  assert len(conds) == 1 and len(conds[0]) == 2
+  reducers = {"reduce", "reduce-window", "all-reduce", "reduce-scatter"}
+  # lax.cond(pred, steady, capture): branch 0 is the capture (false) branch.
+  steady = hlo_utils.reachable(comps, entry, skip_branch=0)
+  big = [(i.name, s) for _, i, s in hlo_utils.ops(comps, steady, reducers)
+         if max(s, default=0) > n_blocks]
+  assert big == []
+  # Positive control: the capture branch does reduce over every leaf's entries.
+  capture = hlo_utils.reachable(comps, conds[0][0], skip_branch=None)
+  sizes = {max(s) for _, _, s in hlo_utils.ops(comps, capture, reducers) if s}
+  assert {64 * 32, 32} <= sizes or max(sizes) >= 64 * 32
+
+
+class TestScannedEqualsUnrolled:
+
+  class Block(nnx.Module):
+    def __init__(self, d: int, rngs: nnx.Rngs):
+      self.norm = nnx.LayerNorm(d, rngs=rngs)
+      self.fc = nnx.Linear(d, d, rngs=rngs)
+
+    def __call__(self, x):
+      return x + jnp.tanh(self.fc(self.norm(x)))
+
+  def test_four_layer_scan_matches_unrolled(self):
+    d, layers = 8, 4
+    Block = self.Block
+
+    @nnx.vmap(in_axes=0, out_axes=0)
+    def make(key):
+      return Block(d, nnx.Rngs(key))
+
+    stacked = make(jax.random.split(jax.random.key(0), layers))
+
+    def scanned_loss(blocks, x):
+      @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+      def body(h, blk):
+        return blk(h)
+      return jnp.mean(body(x, blocks) ** 2)
+
+    stacked_params = nnx.state(stacked, nnx.Param)
+    unrolled = [Block(d, nnx.Rngs(1)) for _ in range(layers)]
+    for i, blk in enumerate(unrolled):
+      nnx.update(blk, jax.tree.map(lambda a, i=i: a[i], stacked_params))
+
+    def unrolled_loss(blocks, x):
+      for blk in blocks:
+        x = blk(x)
+      return jnp.mean(x ** 2)
+
+    x = jax.random.normal(jax.random.key(1), (16, d))
+    g_scan = nnx.grad(scanned_loss)(stacked, x)
+    g_unroll = nnx.grad(unrolled_loss)(nnx.List(unrolled) if hasattr(nnx, "List") else unrolled,
+                                       x)
+
+    tx_scan = optax_sai.sgd_sai(0.1, block_axes=0)
+    tx_unroll = optax_sai.sgd_sai(0.1)
+    p_scan = nnx.state(stacked, nnx.Param)
+    p_unroll = nnx.state(nnx.List(unrolled) if hasattr(nnx, "List") else unrolled, nnx.Param)
+    _, s_scan = tx_scan.update(g_scan, tx_scan.init(p_scan), p_scan)
+    _, s_unroll = tx_unroll.update(g_unroll, tx_unroll.init(p_unroll), p_unroll)
+    sc_scan = optax_sai.gsnr_scales(s_scan)
+    sc_unroll = optax_sai.gsnr_scales(s_unroll)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(sc_scan)[0]:
+      assert leaf.shape == (layers,)
+      for i in range(layers):
+        per_layer = sc_unroll[i]
+        for key in path:
+          per_layer = per_layer[key.key]
+        np.testing.assert_allclose(leaf[i], per_layer, rtol=1e-6, err_msg=str(path))
+    # Without block_axes the stacked leaf would be one block: different scales.
+    _, s_one = tx_unroll.update(g_scan, tx_unroll.init(p_scan), p_scan)
+    assert optax_sai.gsnr_scales(s_one)["fc"]["kernel"].shape == ()
+
+
+def test_lora_a_captured_once_b_moves_and_trains():
+  # LoRA: W_eff = W + A @ B with B = 0 at init, so dL/dA = 0 at the first step.
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(32, 6)), jnp.float32)
+  target = jnp.asarray(rng.normal(size=(32, 5)), jnp.float32)
+  frozen_w = jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)
+  params = {"A": jnp.asarray(rng.normal(size=(6, 2)) * 0.1, jnp.float32),
+            "B": jnp.zeros((2, 5), jnp.float32)}
+
+  def loss(p):
+    return jnp.mean((x @ (frozen_w + p["A"] @ p["B"]) - target) ** 2)
+
+  tx = optax_sai.sgd_sai(0.5, weight_decay=0.0)
+  state = tx.init(params)
+  a0 = params["A"]
+  losses = []
+
+  @jax.jit
+  def train_step(params, state):
+    value, grads = jax.value_and_grad(loss)(params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, value, grads
+
+  for step in range(60):
+    params, state, value, grads = train_step(params, state)
+    losses.append(float(value))
+    if step == 0:
+      assert float(jnp.abs(grads["A"]).max()) == 0.0
+    captured = optax_sai.find_gsnr_state(state).captured
+    assert bool(captured["B"]) and bool(captured["A"]) == (step >= 1)
+  assert float(jnp.abs(params["A"] - a0).max()) > 1e-2  # the reference would freeze A
+  assert losses[-1] < 0.9 * losses[0]
