@@ -1,0 +1,7 @@
+"""Training utilities shared by the GPT-2 and ViT examples.
+
+``config``: the training fields both examples share; ``optim``: optimizers, schedules
+and weight-decay masks; ``mesh``: the device mesh and FSDP shardings; ``training``: the
+jitted steps and the training loop; ``checkpoint``: orbax checkpoints; ``metrics``:
+``metrics.jsonl``, ``gsnr.json`` and ``curves.png``; ``cli``: the shared command line.
+"""

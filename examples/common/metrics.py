@@ -1,0 +1,97 @@
+"""``metrics.jsonl`` (one JSON object per logged step), ``gsnr.json`` and ``curves.png``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+GSNR_FILE = "gsnr.json"
+CURVES_FILE = "curves.png"
+
+
+def _clean(value: Any) -> Any:
+  """JSON-safe scalar: floats stay floats, non-finite ones become ``None``."""
+  if hasattr(value, "item"):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+class MetricsWriter:
+  """Appends records to ``workdir/metrics.jsonl``.
+
+  Opening with ``resume_step`` keeps only the records with ``step <= resume_step`` (those
+  written before the checkpoint being resumed), so a resumed run's file equals an
+  uninterrupted run's.
+  """
+
+  def __init__(self, workdir: str | os.PathLike[str], resume_step: int | None = None):
+    self.path = Path(workdir) / METRICS_FILE
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    kept = []
+    if resume_step is not None and self.path.exists():
+      kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
+    with self.path.open("w") as f:
+      for record in kept:
+        f.write(json.dumps(record) + "\n")
+
+  def write(self, record: Mapping[str, Any]) -> None:
+    with self.path.open("a") as f:
+      f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+  """Reads ``metrics.jsonl`` (a file, or a workdir containing one)."""
+  path = Path(path)
+  if path.is_dir():
+    path = path / METRICS_FILE
+  with path.open() as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def write_gsnr(workdir: str | os.PathLike[str], table: Mapping[str, Any]) -> Path:
+  """Writes ``gsnr.json``: ``{parameter path: scale}``."""
+  path = Path(workdir) / GSNR_FILE
+  path.write_text(json.dumps(dict(table), indent=1, sort_keys=True) + "\n")
+  return path
+
+
+def plot_curves(workdir: str | os.PathLike[str], title: str = "") -> Path:
+  """Draws ``curves.png``: train/val loss and val accuracy against steps.
+
+  Uses matplotlib's object API (no pyplot), so it never changes the caller's backend
+  (inline plots in a notebook keep working).
+  """
+  from matplotlib.figure import Figure
+
+  records = read_metrics(workdir)
+
+  def series(key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+  fig = Figure(figsize=(10, 4), layout="constrained")
+  ax_loss, ax_acc = fig.subplots(1, 2)
+  for key, style in (("train_loss", "-"), ("val_loss", "o-")):
+    steps, values = series(key)
+    if steps:
+      ax_loss.plot(steps, values, style, label=key.replace("_", " "), markersize=3)
+  ax_loss.set(xlabel="step", ylabel="loss", title="loss")
+  ax_loss.legend()
+  steps, values = series("val_accuracy")
+  if steps:
+    ax_acc.plot(steps, values, "o-", color="tab:green", markersize=3)
+  ax_acc.set(xlabel="step", ylabel="accuracy", title="val accuracy")
+  for ax in (ax_loss, ax_acc):
+    ax.grid(alpha=0.3)
+  if title:
+    fig.suptitle(title)
+  path = Path(workdir) / CURVES_FILE
+  fig.savefig(path, dpi=100)
+  return path

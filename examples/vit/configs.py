@@ -1,0 +1,78 @@
+"""ViT configurations: ``tiny`` (scikit-learn's digits, CPU, minutes), ``vit-s16``, ``vit-b16``.
+
+``get_config(name)`` returns a frozen dataclass; change fields with ``dataclasses.replace``.
+The ImageNet sizes follow the paper's ViT-S/16 setting (the big_vision / DeiT-style
+recipe): 224px, batch 1024, ~90 epochs, 10k warmup steps then cosine, clip 1.0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from examples.common.config import TrainConfig
+
+_IMAGENET_OPTIMIZERS = (
+    ("sgd_sai", 1e-1, 1e-4),
+    ("adamw", 1e-3, 1e-4),
+    ("sgdm", 1e-1, 1e-4),
+    ("lion", 1e-4, 1e-3),
+    ("adafactor", 1e-2, 0.0),
+)
+_TINY_OPTIMIZERS = (
+    ("sgd_sai", 1.0, 1e-2),
+    ("adamw", 3e-3, 0.05),
+    ("sgdm", 3e-1, 1e-4),
+    ("lion", 3e-4, 0.5),
+    ("adafactor", 3e-2, 0.0),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig(TrainConfig):
+  """Model, data and training fields of a ViT run."""
+
+  # Model.
+  image_size: int = 224
+  patch_size: int = 16
+  channels: int = 3
+  num_classes: int = 1000
+  hidden_size: int = 384
+  depth: int = 12
+  num_heads: int = 6
+  mlp_dim: int = 1536
+  dropout: float = 0.0
+  zero_head: bool = True  # zero-initialised classifier (Google's ViT recipe)
+  dtype: str = "float32"  # compute dtype; "bfloat16" on GPU/TPU
+  # Data.
+  dataset: str = "imagefolder"  # "digits" (built in) or "imagefolder" (data_dir/{train,val})
+  augment: bool = True  # random-resized-crop + flip (image folder), +-1 px shifts (digits)
+  label_smoothing: float = 0.0
+  b2: float = 0.999
+
+
+CONFIGS = ("tiny", "vit-s16", "vit-b16")
+
+
+def get_config(name: str = "tiny") -> ViTConfig:
+  """The named configuration (``tiny``, ``vit-s16``, ``vit-b16``)."""
+  if name == "tiny":
+    # 8x8 digits upsampled to 16x16, 4x4 patches: 16 tokens + cls, ~0.14M parameters.
+    return ViTConfig(
+        name="tiny", image_size=16, patch_size=4, channels=1, num_classes=10, hidden_size=64,
+        depth=4, num_heads=4, mlp_dim=128, dataset="digits", augment=False, batch_size=64,
+        steps=200, warmup_steps=20, log_every=10, eval_every=50, eval_batches=0, ckpt_every=100,
+        optimizer_defaults=_TINY_OPTIMIZERS,
+    )
+  sizes = {
+      "vit-s16": dict(hidden_size=384, depth=12, num_heads=6, mlp_dim=1536),
+      "vit-b16": dict(hidden_size=768, depth=12, num_heads=12, mlp_dim=3072),
+  }
+  if name in sizes:
+    return ViTConfig(
+        name=name, **sizes[name], image_size=224, patch_size=16, num_classes=1000,
+        dataset="imagefolder", data_dir="data/imagenet", batch_size=1024, steps=112_600,
+        warmup_steps=10_000, min_lr_ratio=0.0, clip_norm=1.0, log_every=100,
+        eval_every=2500, eval_batches=0, ckpt_every=2500, dtype="bfloat16",
+        optimizer_defaults=_IMAGENET_OPTIMIZERS,
+    )
+  raise ValueError(f"unknown ViT config {name!r}; choose from {CONFIGS}")
