@@ -152,40 +152,48 @@ def leaf_gsnr(g: jax.Array, axes: tuple[int, ...] = (), eps: float = 1e-8) -> ja
   Returns:
     An array of shape ``block_shape(g.shape, axes)``.
   """
+  return leaf_capture_stats(g, axes, eps)[1]
+
+
+def leaf_capturable(g: jax.Array, axes: tuple[int, ...] = ()) -> jax.Array:
+  """Whether each block's gradient can be captured: finite and not all zero."""
+  return leaf_capture_stats(g, axes, 0.0)[0]
+
+
+def leaf_capture_stats(g: jax.Array, axes: tuple[int, ...] = (),
+                       eps: float = 1e-8) -> tuple[jax.Array, jax.Array]:
+  """``(capturable, gsnr)`` of each block of one leaf, sharing one ``max |g|`` pass.
+
+  A block is capturable when its gradient is finite and not all zero. Both follow
+  from ``peak = max |g|``: XLA's ``max`` propagates NaN, so ``peak`` is finite exactly
+  when every entry is, and positive exactly when some entry is non-zero. (No boolean
+  mask per entry: XLA's CPU backend would materialise one per leaf, about half the
+  parameters' bytes of scratch.) Three reductions per block in all, which also keeps
+  the capture branch's compile time down.
+
+  The g-SNR is computed on ``g / peak`` (with ``eps / peak``): the same number, but
+  sums of squares can neither overflow (``|g| ~ 1e19`` in float32) nor underflow to
+  zero (``|g| ~ 1e-23``), which would store a NaN or a zero g-SNR.
+  """
   dtype = stats_dtype(g.dtype)
   g = g.astype(dtype)
   reduce_axes = tuple(i for i in range(g.ndim) if i not in axes)
   n = block_size(g.shape, axes)
   out_shape = block_shape(g.shape, axes)
-  if n <= 1:
-    return jnp.ones(out_shape, dtype)
-  # The ratio is computed on g / max|g| (with eps / max|g|): the same number, but sums
-  # of squares can neither overflow (|g| ~ 1e19 in float32) nor underflow to zero
-  # (|g| ~ 1e-23), which would store a NaN or a zero g-SNR.
   peak = jnp.max(jnp.abs(g), axis=reduce_axes, keepdims=True)
-  peak = jnp.where((peak > 0) & jnp.isfinite(peak), peak, 1)
+  usable = jnp.isfinite(peak) & (peak > 0)
+  capturable = usable.reshape(out_shape)
+  if n <= 1:
+    return capturable, jnp.ones(out_shape, dtype)
+  peak = jnp.where(usable, peak, 1)
   g = g / peak
   mean = jnp.mean(g, axis=reduce_axes, keepdims=True)
-  var = jnp.sum(jnp.square(g - mean), axis=reduce_axes, keepdims=True) / (n - 1)
-  norm = jnp.sqrt(jnp.sum(jnp.square(g), axis=reduce_axes, keepdims=True))
-  return (norm / (jnp.sqrt(var) + eps / peak)).reshape(out_shape)
-
-
-def leaf_capturable(g: jax.Array, axes: tuple[int, ...] = ()) -> jax.Array:
-  """Whether each block's gradient can be captured: finite and not all zero.
-
-  Written as two float reductions rather than ``all(isfinite(g))`` and ``any(g != 0)``:
-  XLA's CPU backend materialises a boolean mask per leaf for the latter (and keeps them
-  all alive at once inside the capture branch, about half the parameters' bytes of
-  scratch on every step). ``sum(g * 0)`` is NaN exactly when an entry is NaN or infinite
-  (and can never overflow); ``max(|g|) > 0`` exactly when an entry is non-zero (a NaN
-  entry makes the block non-capturable through the first test, whatever ``max`` does
-  with it).
-  """
-  reduce_axes = tuple(i for i in range(g.ndim) if i not in axes)
-  finite = jnp.sum(g * jnp.zeros((), g.dtype), axis=reduce_axes) == 0
-  nonzero = jnp.max(jnp.abs(g), axis=reduce_axes) > 0
-  return (finite & nonzero).reshape(block_shape(g.shape, axes))
+  squared_deviations = jnp.sum(jnp.square(g - mean), axis=reduce_axes, keepdims=True)
+  # ||g||^2 = sum (g - mean)^2 + n mean^2: two non-negative terms, so no cancellation,
+  # and one reduction fewer than summing g^2 separately.
+  norm = jnp.sqrt(squared_deviations + n * jnp.square(mean))
+  std = jnp.sqrt(squared_deviations / (n - 1))
+  return capturable, (norm / (std + eps / peak)).reshape(out_shape)
 
 
 def gsnr(tree: Any, eps: float = 1e-8, block_axes: BlockAxes = None) -> Any:

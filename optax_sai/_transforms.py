@@ -90,8 +90,9 @@ def _capture(updates: Any, state: ScaleByGsnrState, axes: Any, eps: float,
   new_captured, new_values, batch_maxima = [], [], []
   for g, c, v, a in zip(g_leaves, captured, values, treedef.flatten_up_to(axes), strict=True):
     if _gsnr.is_trainable_leaf(g):
-      new = ~c & _gsnr.leaf_capturable(g, a)
-      v = jnp.where(new, _gsnr.leaf_gsnr(g, a, eps).astype(v.dtype), v)
+      capturable, value = _gsnr.leaf_capture_stats(g, a, eps)
+      new = ~c & capturable
+      v = jnp.where(new, value.astype(v.dtype), v)
       c = c | new
       batch_maxima.append(jnp.max(jnp.where(new, v, 0), initial=0).astype(state.normalizer.dtype))
     new_captured.append(c)
