@@ -164,7 +164,8 @@ def gsnr_table(opt_state: Any) -> dict[str, float | list[float]]:
 
 def gradient_gsnr_table(grads: Params, block_axes: BlockAxesFn | None = None) -> dict[str, Any]:
   """The normalised g-SNR of a gradient (what sgd_sai would capture from it), by path."""
-  snr = optax_sai.gsnr(grads, block_axes=block_axes)
+  # One compiled computation, not an op-by-op dispatch per leaf (seconds on a big tree).
+  snr = jax.jit(lambda g: optax_sai.gsnr(g, block_axes=block_axes))(grads)
   leaves = jax.tree_util.tree_flatten_with_path(snr)[0]
   top = max(float(jnp.max(v)) for _, v in leaves) or 1.0
   out: dict[str, Any] = {}
