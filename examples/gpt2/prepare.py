@@ -83,12 +83,21 @@ def prepare(
   split = int(len(tokens) * (1.0 - val_fraction))
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  tokens[:split].tofile(out / "train.bin")
-  tokens[split:].tofile(out / "val.bin")
   meta.update(train_tokens=int(split), val_tokens=int(len(tokens) - split), source=source,
               dtype="uint16")
-  (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+  # Each file is written under a private name and renamed into place, train.bin last:
+  # readers wait for train.bin (see data.ensure_data), so a run started while another
+  # process prepares the same folder never reads a half-written file.
+  _write_atomically(out / "val.bin", tokens[split:].tobytes())
+  _write_atomically(out / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
+  _write_atomically(out / "train.bin", tokens[:split].tobytes())
   return meta
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  tmp.write_bytes(data)
+  os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
