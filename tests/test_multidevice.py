@@ -77,8 +77,3 @@ def test_gpt2_mesh_matches_single_device(tmp_path):
   _compare(_train(tmp_path / "single", 1),
            _train(tmp_path / "mesh", 8, "--mesh", "data=2,fsdp=4"))
 
-
-def test_gpt2_scan_layers_mesh_matches_single_device(tmp_path):
-  """Stacked blocks (nnx.scan) with per-layer g-SNR blocks, sharded vs one device."""
-  _compare(_train(tmp_path / "single", 1, "--scan-layers"),
-           _train(tmp_path / "mesh", 8, "--scan-layers", "--mesh", "data=2,fsdp=4"))

@@ -169,13 +169,13 @@ def test_cli_writes_every_artifact(pydoc_data, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_tiny_config_learns_english(pydoc_data):
-  """The tiny byte-level model on pydoc text: ln(256) = 5.55 at init; measured 2.50 val loss
-  and 37% next-byte accuracy after 120 steps (sgd_sai, 2 shared CPU cores, ~100 s)."""
-  cfg = dataclasses.replace(configs.get_config("tiny"), data_dir=str(pydoc_data), steps=120,
+  """The tiny byte-level model on pydoc text: ln(256) = 5.55 and 1/256 accuracy at init;
+  measured 2.70 val loss and 36% next-byte accuracy after 80 steps (sgd_sai, ~25 s)."""
+  cfg = dataclasses.replace(configs.get_config("tiny"), data_dir=str(pydoc_data), steps=80,
                             eval_every=40)
   result = train_lib.train(cfg, "sgd_sai", progress=False)
-  assert result["val_loss"] < 2.9
-  assert result["val_accuracy"] > 0.25
+  assert result["val_loss"] < 3.0
+  assert result["val_accuracy"] > 0.3
 
 
 MESH_SCRIPT = r"""
@@ -215,9 +215,7 @@ def _run_mesh(pydoc_data, tmp_path, n_devices: int, meshes: list[str]) -> dict:
 
 def test_fsdp_mesh_on_8_devices_matches_one_device(pydoc_data, tmp_path):
   single = _run_mesh(pydoc_data, tmp_path, 1, [""])[""]
-  multi = _run_mesh(pydoc_data, tmp_path, 8, ["data=2,fsdp=4", "data=8"])
-  fsdp, data = multi["data=2,fsdp=4"], multi["data=8"]
+  fsdp = _run_mesh(pydoc_data, tmp_path, 8, ["data=2,fsdp=4"])["data=2,fsdp=4"]
   assert fsdp["devices"] == 8 and "fsdp" in fsdp["spec"]
-  for run in (fsdp, data):
-    assert run["val_loss"] == pytest.approx(single["val_loss"], rel=1e-4)
-    assert run["train_loss"] == pytest.approx(single["train_loss"], rel=1e-4)
+  assert fsdp["val_loss"] == pytest.approx(single["val_loss"], rel=1e-4)
+  assert fsdp["train_loss"] == pytest.approx(single["train_loss"], rel=1e-4)
