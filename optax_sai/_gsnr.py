@@ -186,9 +186,13 @@ def leaf_capture_stats(g: jax.Array, axes: tuple[int, ...] = (),
   if n <= 1:
     return capturable, jnp.ones(out_shape, dtype)
   peak = jnp.where(usable, peak, 1)
-  g = g / peak
-  mean = jnp.mean(g, axis=reduce_axes, keepdims=True)
-  squared_deviations = jnp.sum(jnp.square(g - mean), axis=reduce_axes, keepdims=True)
+  # The two reductions must not share a full-size operand: XLA:CPU materialises a
+  # broadcast of ``1 / peak`` that feeds both (a parameter-sized temporary, allocated
+  # on every step since the capture branch's buffers count too). So the second one
+  # scales by 2 / peak and divides by 4: exact, as powers of two are.
+  mean = jnp.mean(g * (1 / peak), axis=reduce_axes, keepdims=True)
+  squared_deviations = jnp.sum(jnp.square(g * (2 / peak) - 2 * mean), axis=reduce_axes,
+                               keepdims=True) / 4
   # ||g||^2 = sum (g - mean)^2 + n mean^2: two non-negative terms, so no cancellation,
   # and one reduction fewer than summing g^2 separately.
   norm = jnp.sqrt(squared_deviations + n * jnp.square(mean))
