@@ -9,6 +9,7 @@ docstring examples there, from outside the repository so the checkout cannot lea
 from __future__ import annotations
 
 import email.parser
+import os
 import re
 import subprocess
 import sys
@@ -118,10 +119,13 @@ def test_sdist_and_wheel_build_install_and_pass_the_doctests(tmp_path):
   venv = tmp_path / "venv"
   _run([sys.executable, "-m", "venv", str(venv)])
   python = venv / "bin" / "python"
-  _run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)])
-  out = _run([str(python), "-c", _CHECK_INSTALLED], cwd=tmp_path,
-             env={"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "JAX_PLATFORMS": "cpu",
-                  "HOME": str(Path.home())})
+  # A clean environment: no PYTHONPATH (the checkout's optax_sai.egg-info would make pip
+  # think the package is installed); pip's configuration and cache are kept.
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+  env |= {"PATH": f"{venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}", "JAX_PLATFORMS": "cpu"}
+  _run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)],
+       cwd=tmp_path, env=env)
+  out = _run([str(python), "-c", _CHECK_INSTALLED], cwd=tmp_path, env=env)
   got_version, attempted, failed = out.split()
   assert got_version == version
   assert int(attempted) >= 10 and int(failed) == 0
