@@ -24,6 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = ("quickstart", "gsnr_explorer", "compare_optimizers")
 CELL_TIMEOUT_S = 600
+# nbclient's default of 60 s is too short for a kernel that starts while other workers run JAX.
+KERNEL_START_TIMEOUT_S = 300
 
 
 def test_the_three_notebooks_exist():
@@ -64,7 +66,7 @@ def _execute(name: str, out_dir: Path, monkeypatch) -> dict:
   monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", "cpu"))
   nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
   client = nbclient.NotebookClient(
-      nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+      nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", startup_timeout=KERNEL_START_TIMEOUT_S,
       resources={"metadata": {"path": str(REPO_ROOT)}},
   )
   client.execute()  # raises CellExecutionError (with the traceback) if a cell fails
