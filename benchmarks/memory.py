@@ -72,11 +72,11 @@ class CompiledRow:
 def sai_block_scalar_bytes(n_blocks: int) -> int:
   """sgd_sai's state beyond the momentum, derived independently of the library's ``init``.
 
-  Per block (here one per floating leaf): a bool ``captured`` flag and a float32 g-SNR;
-  plus a float32 normaliser and ``sai_momentum``'s int32 step counter (the weight decay
-  and a constant learning rate are stateless).
+  Per block (here one per floating leaf): a float32 g-SNR (0 until captured, so no
+  separate flag); plus a float32 normaliser and ``sai_momentum``'s int32 step counter
+  (the weight decay and a constant learning rate are stateless).
   """
-  return n_blocks * (1 + 4) + 4 + 4
+  return n_blocks * 4 + 4 + 4
 
 
 def state_rows(models: Sequence[str], optimizers: Sequence[str],
@@ -185,7 +185,7 @@ def markdown(rows: Sequence[StateRow], comp: Sequence[CompiledRow],
       cells.append(C.fmt_bytes(r.state_bytes) + frac)
     table.append(cells)
   out.append(C.markdown_table(header, table))
-  out += ["", "sgd_sai's state is the momentum plus one flag and one float32 g-SNR per "
+  out += ["", "sgd_sai's state is the momentum plus one float32 g-SNR per "
           "block (a leaf here), a normaliser and a step counter; exact fractions:", ""]
   exact = []
   for m in models:
