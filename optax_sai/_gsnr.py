@@ -7,8 +7,6 @@ over which one g-SNR is computed. By default every pytree leaf is one block
 its statistic then has the shape of those axes.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable, Sequence
 from typing import Any

@@ -9,8 +9,6 @@ the per-block trees have the parameters' structure (one scalar per leaf), so it
 would give a scalar its parameter's rank-2 spec.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import jax
@@ -131,7 +129,7 @@ def init_sharded(
     param_shardings: Any = None,
     *,
     mesh: jax.sharding.Mesh | None = None,
-) -> optax.OptState:
+) -> Any:
   """Creates the optimizer state directly sharded, without a replicated copy.
 
   With abstract ``params`` (``jax.ShapeDtypeStruct``s) no parameter is ever

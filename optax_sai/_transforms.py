@@ -43,7 +43,7 @@ class SaiMomentumState(NamedTuple):
   """
 
   count: jax.Array
-  mu: optax.Updates
+  mu: Any
 
 
 def _check_tree_matches(updates: Any, reference: Any, what: str) -> None:
@@ -91,7 +91,8 @@ def _pack(leaves: list[jax.Array], dtype: Any) -> jax.Array:
 
   The capture works on such vectors: the per-block arithmetic between and after the two
   passes over the gradients is then a few vector operations rather than a few per leaf
-  (measured on GPT-2 124M, 148 leaves: 1,484 -> N fusions in the compiled step).
+  (measured on GPT-2 124M, 148 leaves: 1,633 -> 898 fusions in the compiled sgd_sai step;
+  with the two variadic passes, compile CPU time 14.7 s -> 8.9 s).
   """
   return jnp.concatenate([jnp.ravel(_replicated(x)).astype(dtype) for x in leaves])
 
@@ -268,8 +269,8 @@ def scale_by_gsnr(
 
 
 def sai_momentum(
-    momentum: float | jax.Array = 0.9,
-    mu_dtype: Any | None = None,
+    momentum: jax.typing.ArrayLike = 0.9,
+    mu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformation:
   """The momentum of SGD-SaI: an EMA with dampening whose buffer starts at g_1.
 
