@@ -32,7 +32,7 @@ import jax
 from benchmarks import _common as C
 
 DEFAULT_MODELS = ("gpt2", "vit-s16")
-DEFAULT_OPTIMIZERS = ("sgd_sai", "sgd_sai_bf16", "adamw", "sgdm")
+DEFAULT_OPTIMIZERS = ("sgd_sai", "sgd_sai_bf16", "adamw", "sgdm", "sgdm_bf16")
 # The issue's goals: compile at most 2x AdamW's, scratch at most 1% of the parameters.
 COMPILE_RATIO_GOAL = 2.0
 SCRATCH_FRACTION_GOAL = 0.01
@@ -46,9 +46,11 @@ class CompileRow:
   optimizer: str
   lower_s: list[float]
   compile_s: list[float]
+  cpu_s: list[float]  # process CPU seconds of lowering + compiling (less load-sensitive)
   temp_bytes: int
   param_bytes: int
-  ratios: list[float]  # per-round (lower + compile) / AdamW's
+  ratios: list[float]  # per-round (lower + compile) / AdamW's, wall clock
+  cpu_ratios: list[float]  # per-round CPU seconds / AdamW's
 
   @property
   def total_s(self) -> float:
@@ -59,24 +61,34 @@ class CompileRow:
     return statistics.median(self.ratios) if self.ratios else float("nan")
 
   @property
+  def cpu_ratio(self) -> float:
+    return statistics.median(self.cpu_ratios) if self.cpu_ratios else float("nan")
+
+  @property
   def scratch_fraction(self) -> float:
     return self.temp_bytes / self.param_bytes
 
 
-def lower_and_compile(name: str, abstract: Any) -> tuple[float, float, int]:
-  """Lowers and compiles one optimizer's step from a cold cache: (lower s, compile s, temp)."""
+def lower_and_compile(name: str, abstract: Any) -> tuple[float, float, float, int]:
+  """Lowers and compiles one optimizer's step from a cold cache.
+
+  Returns:
+    (lowering wall s, compile wall s, CPU s of both, scratch bytes or -1).
+  """
   jax.clear_caches()
   tx = C.make_optimizer(name)
   step = C.make_step(tx)
+  c0 = time.process_time()
   t0 = time.perf_counter()
   state = C.abstract_state(tx, abstract)
   lowered = step.lower(abstract, state, abstract)
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()
+  cpu = time.process_time() - c0
   analysis = compiled.memory_analysis()
   temp = -1 if analysis is None else int(analysis.temp_size_in_bytes)
-  return t1 - t0, t2 - t1, temp
+  return t1 - t0, t2 - t1, cpu, temp
 
 
 def run_model(model: str, optimizers: Sequence[str], rounds: int,
@@ -84,7 +96,7 @@ def run_model(model: str, optimizers: Sequence[str], rounds: int,
   """Interleaved rounds of lowering + compiling every optimizer's step on one model."""
   abstract = C.abstract_params(model)
   param_bytes = C.tree_nbytes(abstract)
-  samples: dict[str, list[tuple[float, float, int]]] = {o: [] for o in optimizers}
+  samples: dict[str, list[tuple[float, float, float, int]]] = {o: [] for o in optimizers}
   for rnd in range(rounds):
     k = rnd % len(optimizers)
     for name in list(optimizers[k:]) + list(optimizers[:k]):
@@ -93,12 +105,15 @@ def run_model(model: str, optimizers: Sequence[str], rounds: int,
         f"{o} {s[-1][0]:.2f}+{s[-1][1]:.2f} s" for o, s in samples.items()))
   rows = []
   for name, s in samples.items():
-    totals = [a + b for a, b, _ in s]
-    ratios = ([t / (a + b) for t, (a, b, _) in zip(totals, samples["adamw"], strict=True)]
+    totals = [a + b for a, b, _, _ in s]
+    ratios = ([t / (a + b) for t, (a, b, _, _) in zip(totals, samples["adamw"], strict=True)]
               if "adamw" in samples else [])
-    rows.append(CompileRow(model=model, optimizer=name, lower_s=[a for a, _, _ in s],
-                           compile_s=[b for _, b, _ in s], temp_bytes=s[0][2],
-                           param_bytes=param_bytes, ratios=ratios))
+    cpu_ratios = ([x[2] / y[2] for x, y in zip(s, samples["adamw"], strict=True)]
+                  if "adamw" in samples else [])
+    rows.append(CompileRow(model=model, optimizer=name, lower_s=[x[0] for x in s],
+                           compile_s=[x[1] for x in s], cpu_s=[x[2] for x in s],
+                           temp_bytes=s[0][3], param_bytes=param_bytes, ratios=ratios,
+                           cpu_ratios=cpu_ratios))
   return rows
 
 
@@ -107,16 +122,18 @@ def markdown(rows: Sequence[CompileRow], machine: str, rounds: int) -> str:
   out = ["## Compile time and scratch of the optimizer step", "",
          f"Measured on: {machine}. {rounds} interleaved rounds, caches cleared before each "
          "lowering; medians in seconds. Lowering includes tracing; the ratio is the median "
-         "of per-round (lowering + compile) ratios to `optax.adamw`. Scratch is the compiled "
+         "of per-round (lowering + compile) ratios to `optax.adamw`, in wall-clock and in "
+         "process CPU seconds (the latter less sensitive to other jobs on a shared machine). "
+         "Scratch is the compiled "
          "step's temporary buffers (`memory_analysis().temp_size_in_bytes`), parameters and "
          "state donated.", ""]
   out.append(C.markdown_table(
-      ["model", "optimizer", "lower s", "compile s", "total s", "/ adamw", "scratch",
-       "scratch / params"],
+      ["model", "optimizer", "lower s", "compile s", "total s", "/ adamw", "CPU s",
+       "CPU / adamw", "scratch", "scratch / params"],
       [[C.MODEL_LABELS.get(r.model, r.model), C.OPTIMIZER_LABELS.get(r.optimizer, r.optimizer),
         f"{statistics.median(r.lower_s):.2f}", f"{statistics.median(r.compile_s):.2f}",
-        f"{r.total_s:.2f}", f"{r.ratio:.2f}",
-        C.fmt_bytes(r.temp_bytes) if r.temp_bytes >= 0 else "-",
+        f"{r.total_s:.2f}", f"{r.ratio:.2f}", f"{statistics.median(r.cpu_s):.2f}",
+        f"{r.cpu_ratio:.2f}", C.fmt_bytes(r.temp_bytes) if r.temp_bytes >= 0 else "-",
         f"{r.scratch_fraction:.4f}" if r.temp_bytes >= 0 else "-"] for r in rows]))
   out += ["", "### Goals", ""]
   for r in rows:
@@ -124,10 +141,10 @@ def markdown(rows: Sequence[CompileRow], machine: str, rounds: int) -> str:
       continue
     label = (f"{C.MODEL_LABELS.get(r.model, r.model)}, "
              f"{C.OPTIMIZER_LABELS.get(r.optimizer, r.optimizer)}")
-    met_c = "met" if r.ratio <= COMPILE_RATIO_GOAL else "NOT met"
+    met_c = "met" if max(r.ratio, r.cpu_ratio) <= COMPILE_RATIO_GOAL else "NOT met"
     met_s = "met" if 0 <= r.scratch_fraction <= SCRATCH_FRACTION_GOAL else "NOT met"
-    out.append(f"- {label}: compile / adamw = {r.ratio:.2f} (<= {COMPILE_RATIO_GOAL:g}: "
-               f"{met_c}); scratch / params = {r.scratch_fraction:.4f} "
+    out.append(f"- {label}: compile / adamw = {r.ratio:.2f} wall, {r.cpu_ratio:.2f} CPU "
+               f"(<= {COMPILE_RATIO_GOAL:g}: {met_c}); scratch / params = {r.scratch_fraction:.4f} "
                f"(<= {SCRATCH_FRACTION_GOAL:g}: {met_s})")
   return "\n".join(out) + "\n"
 

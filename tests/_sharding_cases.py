@@ -10,6 +10,7 @@ module so that a failure names its case.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import traceback
@@ -215,10 +216,14 @@ def case_hlo():
     txt = jax.jit(_step_fn(t)).lower(p2, s2, b2).compile().as_text()
     c, cd, st, cap = _split_hlo(txt)
     full[name] = {"steady": _collectives(c, st), "capture": _collectives(c, cap - st)}
+  # Output element counts of the capture's collectives (a gathered gradient would be big).
+  capture_sizes = [math.prod(c.shapes[i.name][1]) for c, i, _ in
+                   hlo_utils.ops(comps, capture - steady, COLLECTIVES) if i.name in c.shapes]
   return {
       "n_conditionals": len(conds),
       "steady": _collectives(comps, steady),
       "capture_only": _collectives(comps, capture - steady),
+      "capture_largest_collective": max(capture_sizes, default=0),
       "full_step": full,
   }
 
