@@ -68,7 +68,7 @@ def sgd_sai(
 
   It is literally ``optax.chain(scale_by_gsnr, sai_momentum,
   optax.add_decayed_weights, optax.scale_by_learning_rate)``. Its state is the
-  momentum (parameter-sized, in ``mu_dtype``) plus one value and one flag per
+  momentum (parameter-sized, in ``mu_dtype``) plus one value per
   block and two step counters: half of AdamW's.
 
   ``normalize=True`` follows the paper's Algorithm 1 (scales in (0, 1]);
