@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 import numpy as np
 
@@ -20,6 +21,9 @@ import numpy as np
 def main() -> None:
   out, sep, *argv = sys.argv[1:]
   assert sep == "--", sys.argv
+  # As in the test suite (pyproject.toml): our own code must not use deprecated APIs.
+  warnings.filterwarnings("error", category=DeprecationWarning,
+                          module=r"(optax_sai|examples)(\.|$)")
   from examples.gpt2 import data as data_lib
 
   built: list[dict] = []
