@@ -90,7 +90,8 @@ def join_distributed(environ: Mapping[str, str] | None = None) -> bool:
     ``True`` if this process is part of a multi-process job (now or already).
   """
   env = os.environ if environ is None else environ
-  if jax.distributed.is_initialized():
+  is_initialized = getattr(jax.distributed, "is_initialized", None)  # jax >= 0.4.36 or so
+  if is_initialized is not None and is_initialized():
     return True
   address = env.get(COORDINATOR_ENV) or None
   num, pid = env.get(NUM_PROCESSES_ENV) or None, env.get(PROCESS_ID_ENV) or None
