@@ -90,7 +90,7 @@ def join_distributed(environ: Mapping[str, str] | None = None) -> bool:
     ``True`` if this process is part of a multi-process job (now or already).
   """
   env = os.environ if environ is None else environ
-  is_initialized = getattr(jax.distributed, "is_initialized", None)  # jax >= 0.4.36 or so
+  is_initialized = getattr(jax.distributed, "is_initialized", None)  # not in every jax
   if is_initialized is not None and is_initialized():
     return True
   address = env.get(COORDINATOR_ENV) or None
