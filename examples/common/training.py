@@ -51,7 +51,8 @@ class Task:
     loss_fn: ``(model, batch, dropout_key or None) -> scalar`` mean training loss.
     eval_fn: ``(model, batch) -> {"loss": sum, "correct": sum, "count": n}`` over a batch.
     train_batch: ``step -> batch`` of host arrays; a pure function of (seed, step).
-      With ``batch_rows``, ``(step, rows=...) -> `` only those global rows of it.
+      With ``batch_rows`` it also takes ``rows=`` (global row indices) and returns only
+      those rows of the batch.
     eval_batches: ``() -> iterable of batches``, the same every time.
     unit: what throughput counts (``"tokens"`` or ``"images"``).
     units_per_step: how many of them one training step consumes.
