@@ -51,11 +51,15 @@ class Task:
     loss_fn: ``(model, batch, dropout_key or None) -> scalar`` mean training loss.
     eval_fn: ``(model, batch) -> {"loss": sum, "correct": sum, "count": n}`` over a batch.
     train_batch: ``step -> batch`` of host arrays; a pure function of (seed, step).
+      With ``batch_rows`` it also takes ``rows=`` (global row indices) and returns only
+      those rows of the batch.
     eval_batches: ``() -> iterable of batches``, the same every time.
     unit: what throughput counts (``"tokens"`` or ``"images"``).
     units_per_step: how many of them one training step consumes.
     block_axes: sgd_sai's ``block_axes`` (stacked layers), or ``None``.
     dropout: whether the loss wants a dropout key.
+    batch_rows: ``train_batch`` takes ``rows=``, so each process builds only the rows of
+      the global batch its devices hold (else each builds the whole batch and keeps those).
   """
 
   name: str
@@ -69,6 +73,7 @@ class Task:
   units_per_step: int = 1
   block_axes: optim.BlockAxesFn | None = None
   dropout: bool = False
+  batch_rows: bool = False
 
 
 def abstract_params(make_model: Callable[[nnx.Rngs], nnx.Module]) -> nnx.State:
@@ -202,6 +207,12 @@ def fit(
 
   rest = jax.device_put(_init_rest(), rest_sh)
   batch_sh = mesh_lib.batch_sharding(device_mesh)
+  # This process's rows of every global batch (all rows in a single-process job).
+  rows = mesh_lib.process_rows(device_mesh, cfg.batch_size) if task.batch_rows else None
+  fetch_batch = (task.train_batch if rows is None
+                 else lambda s: task.train_batch(s, rows=rows))
+  # One process writes the logs and plots; every process takes part in checkpointing.
+  primary = jax.process_index() == 0
   train_step = jax.jit(
       make_train_step(graphdef, rest, task, tx),
       in_shardings=(param_sh, opt_sh, batch_sh, repl),
@@ -213,7 +224,7 @@ def fit(
 
   ckpt = Checkpointer(workdir, cfg.keep_checkpoints) if workdir is not None else None
   start = 0
-  loss_sum = jnp.zeros((), jnp.float32)
+  loss_sum = mesh_lib.put_replicated(np.float32(0), device_mesh)
   if ckpt is not None and resume and ckpt.latest_step() is not None:
     target = {
         "params": _abstract(abs_params, param_sh),
@@ -237,7 +248,8 @@ def fit(
     params = jax.jit(_init_params, out_shardings=param_sh)()
     opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
 
-  writer = metrics_lib.MetricsWriter(workdir, resume_step=start) if workdir else None
+  writer = (metrics_lib.MetricsWriter(workdir, resume_step=start)
+            if workdir and primary else None)
   gsnr_table: dict[str, Any] | None = None
   if workdir is not None and cfg.optimizer != "sgd_sai" and start == 0 and end > 0:
     gsnr_table = _first_gradient_gsnr(graphdef, rest, task, params, device_mesh)
@@ -253,14 +265,15 @@ def fit(
 
   record: dict[str, Any] = {}
   last_eval: dict[str, float] = {}
-  bar = _progress(end, start, progress)
-  prefetch = _Prefetcher(task.train_batch, start, end)
+  bar = _progress(end, start, progress if primary else False)
+  prefetch = _Prefetcher(fetch_batch, start, end)
   t0 = time.perf_counter()
   t_first: float | None = None  # time after the first (compiling) step
   first_step = start
   try:
     for step in range(start, end):
-      batch = mesh_lib.shard_batch(prefetch.get(), device_mesh)
+      batch = mesh_lib.shard_batch(prefetch.get(), device_mesh, rows=rows,
+                                   batch_size=cfg.batch_size)
       params, opt_state, loss = train_step(params, opt_state, batch, jnp.int32(step))
       loss_sum = loss_sum + loss
       done = step + 1
@@ -274,7 +287,7 @@ def fit(
         since = done - (done - 1) // cfg.log_every * cfg.log_every
         record = {"step": done, "train_loss": float(loss_sum) / since,
                   "lr": float(schedule(done - 1))}
-        loss_sum = jnp.zeros((), jnp.float32)
+        loss_sum = mesh_lib.put_replicated(np.float32(0), device_mesh)
         if done % cfg.eval_every == 0 or done == cfg.steps:
           last_eval = evaluate(params)
           record.update(last_eval)
@@ -288,7 +301,8 @@ def fit(
         bar.set_postfix(loss=f"{record['train_loss']:.4f}", **{f"{task.unit}/s": f"{rate:.0f}"})
       if ckpt is not None and (done % cfg.ckpt_every == 0 or done == end):
         ckpt.save(done, {"params": params, "opt_state": opt_state,
-                         "step": jnp.int32(done), "loss_sum": loss_sum})
+                         "step": mesh_lib.put_replicated(np.int32(done), device_mesh),
+                         "loss_sum": loss_sum})
   finally:
     prefetch.close()
     bar.close()
@@ -297,7 +311,7 @@ def fit(
   jax.block_until_ready(params)
   t_end = time.perf_counter()
 
-  if workdir is not None:
+  if workdir is not None and primary:
     if cfg.optimizer == "sgd_sai":
       metrics_lib.write_gsnr(workdir, optim.gsnr_table(opt_state))
     elif gsnr_table is not None:

@@ -154,10 +154,10 @@ class GPT(nnx.Module):
 def stack_layers(params: nnx.State) -> dict:
   """Unrolled ``GPT`` parameters (``h/0``, ``h/1``, ...) as the ``scan_layers`` layout.
 
-  Returns a pure dict (``nnx.State.to_pure_dict`` layout) whose ``h`` leaves carry a
+  Returns a pure dict (``nnx.to_pure_dict`` layout) whose ``h`` leaves carry a
   leading layer axis; load it with ``nnx.replace_by_pure_dict``.
   """
-  pure = params.to_pure_dict() if hasattr(params, "to_pure_dict") else dict(params)
+  pure = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else dict(params)
   layers = [pure["h"][i] for i in sorted(pure["h"])]
   out = {k: v for k, v in pure.items() if k != "h"}
   out["h"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)

@@ -65,6 +65,7 @@ def build_task(config: GPTConfig, optimizer: str | None = None) -> training.Task
       # One g-SNR block per layer slice of the stacked blocks, as the unrolled model has.
       block_axes=stacked_axes("h") if cfg.scan_layers else None,
       dropout=cfg.dropout > 0,
+      batch_rows=True,  # each process reads only its rows of the global batch
   )
 
 
