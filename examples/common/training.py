@@ -15,12 +15,13 @@ Determinism: a batch is a pure function of ``(seed, step)`` and dropout keys are
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import dataclasses
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -333,3 +334,75 @@ def _first_gradient_gsnr(graphdef, rest, task: Task, params, device_mesh) -> dic
     return jax.grad(lambda q: task.loss_fn(nnx.merge(graphdef, q, rest), b, None))(p)
 
   return optim.gradient_gsnr_table(grads(params, batch), task.block_axes)
+
+
+def train(
+    build_task: Callable[[TrainConfig, str | None], Task],
+    config: TrainConfig,
+    optimizer: str | None = None,
+    workdir: str | Path | None = None,
+    steps: int | None = None,
+    *,
+    resume: bool = False,
+    mesh: str | None = None,
+    stop_after: int | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+  """Builds an example's task from ``config`` and trains it (see :func:`fit`).
+
+  Args:
+    build_task: the example's ``(config, optimizer) -> Task``.
+    config: the example's config (unresolved: per-optimizer defaults are filled in here).
+    optimizer: overrides ``config.optimizer``.
+    workdir, resume, mesh, stop_after, progress: as in :func:`fit`.
+    steps: overrides ``config.steps``.
+
+  Returns:
+    :func:`fit`'s final metrics, with the final ``params`` and ``opt_state``.
+  """
+  if steps is not None:
+    config = dataclasses.replace(config, steps=steps)
+  return fit(build_task(config, optimizer), workdir, mesh=mesh, resume=resume,
+             stop_after=stop_after, progress=progress)
+
+
+def main(
+    argv: Sequence[str] | None,
+    *,
+    description: str,
+    configs: Sequence[str],
+    get_config: Callable[[str], TrainConfig],
+    train_fn: Callable[..., dict[str, Any]],
+    choices: Mapping[str, Sequence[str]] | None = None,
+    extra_flags: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> dict[str, Any]:
+  """An example's command line: parse, build the config, train, print the summary line.
+
+  Args:
+    argv: the arguments (``None``: ``sys.argv[1:]``).
+    description: the ``--help`` header.
+    configs: the config names (the first is the default).
+    get_config: ``name -> config``.
+    train_fn: ``(config, optimizer, workdir, *, resume, mesh, stop_after, progress, **extra)``
+      with ``extra`` the values of ``extra_flags``'s arguments.
+    choices: allowed values of some config fields (see :func:`cli.build_parser`).
+    extra_flags: adds the example's own run flags (not config fields) to the parser.
+
+  Returns:
+    ``train_fn``'s result.
+  """
+  from examples.common import cli
+
+  config_cls = type(get_config(configs[0]))
+  parser = cli.build_parser(description, configs, config_cls, choices=choices)
+  base = {a.dest for a in parser._actions}
+  if extra_flags is not None:
+    extra_flags(parser)
+  args = parser.parse_args(argv)
+  config = cli.config_from_args(args, get_config, parser)
+  extra = {a.dest: getattr(args, a.dest) for a in parser._actions
+           if a.dest not in base and hasattr(args, a.dest)}
+  result = train_fn(config, args.optimizer, args.workdir, resume=args.resume, mesh=args.mesh,
+                    stop_after=args.stop_after, progress=args.progress, **extra)
+  print(cli.summary(result))
+  return result
