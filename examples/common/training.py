@@ -57,6 +57,13 @@ class Task:
     units_per_step: how many of them one training step consumes.
     block_axes: sgd_sai's ``block_axes`` (stacked layers), or ``None``.
     dropout: whether the loss wants a dropout key.
+    trainable: an ``nnx`` filter of the variables trained (default ``nnx.Param``); the
+      others (e.g. frozen base weights under LoRA adapters) stay as built by
+      ``make_model``, get no optimizer state and are not checkpointed.
+    decay_mask: which trainable leaves weight decay applies to (default: kernels,
+      :func:`optim.decay_mask`).
+    wrap_optimizer: ``tx -> tx`` applied to the optimizer after gradient clipping (an
+      example's instrumentation or a labelled ablation); ``None``: none.
   """
 
   name: str
@@ -70,6 +77,10 @@ class Task:
   units_per_step: int = 1
   block_axes: optim.BlockAxesFn | None = None
   dropout: bool = False
+  trainable: Any = nnx.Param
+  decay_mask: Callable[[Any], Any] | None = None
+  wrap_optimizer: Callable[[optax.GradientTransformation], optax.GradientTransformation] | None = (
+      None)
 
 
 def abstract_params(make_model: Callable[[nnx.Rngs], nnx.Module]) -> nnx.State:
@@ -181,7 +192,7 @@ def fit(
 
   # Shapes first, then shardings, then arrays created directly in place.
   abstract_model = nnx.eval_shape(lambda: task.make_model(nnx.Rngs(cfg.seed)))
-  graphdef, abs_params, abs_rest = nnx.split(abstract_model, nnx.Param, ...)
+  graphdef, abs_params, abs_rest = nnx.split(abstract_model, task.trainable, ...)
   param_sh = mesh_lib.tree_shardings(device_mesh, abs_params)
   rest_sh = jax.tree.map(lambda _: repl, abs_rest)
 
@@ -190,8 +201,13 @@ def fit(
   )
   tx = optim.make_optimizer(
       cfg.optimizer, schedule, cfg.weight_decay, momentum=cfg.momentum, b2=cfg.b2,
-      clip_norm=cfg.clip_norm, block_axes=task.block_axes, sai_normalize=cfg.sai_normalize,
+      clip_norm=None, block_axes=task.block_axes, sai_normalize=cfg.sai_normalize,
+      **({} if task.decay_mask is None else {"mask": task.decay_mask}),
   )
+  if task.wrap_optimizer is not None:
+    tx = task.wrap_optimizer(tx)
+  if cfg.clip_norm is not None and cfg.clip_norm > 0:  # as make_optimizer(clip_norm=...)
+    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
   abs_opt = jax.eval_shape(tx.init, abs_params)
   # Momentum-like state follows its parameter; per-block scalars (g-SNR values, flags,
   # counts) are replicated, also the per-layer vectors of scanned layers.
@@ -199,7 +215,7 @@ def fit(
 
   @jax.jit
   def _init_rest():
-    return nnx.split(task.make_model(nnx.Rngs(cfg.seed)), nnx.Param, ...)[2]
+    return nnx.split(task.make_model(nnx.Rngs(cfg.seed)), task.trainable, ...)[2]
 
   rest = jax.device_put(_init_rest(), rest_sh)
   batch_sh = mesh_lib.batch_sharding(device_mesh)
@@ -233,7 +249,7 @@ def fit(
       )
 
     def _init_params():
-      return nnx.split(task.make_model(nnx.Rngs(cfg.seed)), nnx.Param, ...)[1]
+      return nnx.split(task.make_model(nnx.Rngs(cfg.seed)), task.trainable, ...)[1]
 
     params = jax.jit(_init_params, out_shardings=param_sh)()
     opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
