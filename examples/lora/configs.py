@@ -50,7 +50,7 @@ def get_config(name: str = "tiny") -> LoRAConfig:
     return LoRAConfig(
         name="tiny", vocab_size=None, block_size=64, n_layer=4, n_head=4, n_embd=128,
         dataset="pysource", tokenizer="byte", batch_size=16, steps=100, warmup_steps=10,
-        log_every=10, eval_every=25, eval_batches=8, ckpt_every=50, base_steps=300,
+        log_every=10, eval_every=50, eval_batches=8, ckpt_every=50, base_steps=300,
         **_TINY_OPTIMIZERS,
     )
   raise ValueError(f"unknown LoRA config {name!r}; choose from {CONFIGS}")

@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 import optax
+from flax import nnx
 
 from examples.common import metrics as metrics_lib
 from examples.lora import configs
@@ -33,12 +34,14 @@ from examples.lora import train as lora_train
 
 GRID: dict[str, tuple[str, int, tuple[float, ...]]] = {
     # arm: (optimizer, rank, learning rates)
-    "lora-sgd_sai": ("sgd_sai", 8, (0.1, 0.3, 1.0, 3.0)),
+    "lora-sgd_sai": ("sgd_sai", 8, (1.0, 3.0, 10.0, 30.0)),
     "lora-adamw": ("adamw", 8, (1e-3, 3e-3, 1e-2, 3e-2)),
-    "lora-sgdm": ("sgdm", 8, (0.1, 0.3, 1.0, 3.0)),
+    "lora-sgdm": ("sgdm", 8, (0.3, 1.0, 3.0, 10.0)),
     "full-adamw": ("adamw", 0, (1e-4, 3e-4, 1e-3, 3e-3)),
-    "lora-sgd_sai-pinnedA": ("sgd_sai", 8, (0.1, 0.3, 1.0, 3.0)),
+    "lora-sgd_sai-pinnedA": ("sgd_sai", 8, (1.0, 3.0, 10.0, 30.0)),
 }
+_BEGIN, _END = "<!-- lora-table -->", "<!-- /lora-table -->"
+MAX_EXTENSIONS = 2  # grid points added beyond an edge when the best lr sits on it
 
 
 def pin_a_scale_at_zero() -> optax.GradientTransformation:
@@ -99,6 +102,32 @@ def state_memory(config: configs.LoRAConfig, base: dict) -> list[dict[str, Any]]
   return rows
 
 
+def base_val_loss(config: configs.LoRAConfig, base: dict) -> float:
+  """The base model's validation loss on the fine-tuning data (before any fine-tuning)."""
+  task = lora_train.build_task(dataclasses.replace(config, rank=0), "adamw", base=base)
+  model = task.make_model(nnx.Rngs(0))
+  step = nnx.jit(task.eval_fn)
+  sums = [jax.device_get(step(model, b)) for b in task.eval_batches()]
+  return float(sum(s["loss"] for s in sums) / sum(s["count"] for s in sums))
+
+
+def lr_grid(arm: str, done: dict[float, float]) -> list[float]:
+  """The arm's grid, extended (one step of the grid's ratio) past an edge holding the best."""
+  grid = sorted(GRID[arm][2])
+  ratio = grid[1] / grid[0]
+  for _ in range(MAX_EXTENSIONS):
+    if not all(lr in done for lr in grid):
+      break
+    best = min(grid, key=lambda lr: done[lr])
+    if best == grid[0]:
+      grid.insert(0, float(f"{grid[0] / ratio:.3g}"))
+    elif best == grid[-1]:
+      grid.append(float(f"{grid[-1] * ratio:.3g}"))
+    else:
+      break
+  return grid
+
+
 def _mean_sd(xs: Sequence[float]) -> tuple[float, float]:
   a = np.asarray(xs, float)
   return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else float("nan")
@@ -147,9 +176,25 @@ def report(out: Path) -> dict[str, Any]:
       kind = "full" if r["rank"] == 0 else f"LoRA r={r['rank']}"
       lines.append(f"| {kind} | {r['optimizer']} | {r['trainable_bytes']:,} | "
                    f"{r['opt_state_bytes']:,} | {r['opt_state_bytes'] / ref:.2%} |")
+  base_path = out / "base.json"
+  if base_path.exists():
+    base = json.loads(base_path.read_text())
+    summary["base"] = base
+    lines = [f"Base model before fine-tuning: val loss {base['val_loss_before_finetuning']:.3f} "
+             "on the fine-tuning data.", "", *lines]
   (out / "table.md").write_text("\n".join(lines) + "\n")
   (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
   return summary
+
+
+def _finished(out: Path, arm: str) -> dict[float, float]:
+  """Mean final val loss per lr over the arm's finished cells (all seeds)."""
+  by_lr: dict[float, list[float]] = {}
+  for p in (out / "cells").glob(f"{arm}_lr*.json"):
+    c = json.loads(p.read_text())
+    if c["arm"] == arm:
+      by_lr.setdefault(c["lr"], []).append(c["final_val_loss"])
+  return {lr: float(np.mean(v)) for lr, v in by_lr.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -161,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   p.add_argument("--workdirs", default=None,
                  help="keep each run's workdir here (default: none; cells only)")
   p.add_argument("--report-only", action="store_true")
+  p.add_argument("--readme", default=None,
+                 help="also copy table.md between the lora-table markers of this file")
   args = p.parse_args(argv)
   out = Path(args.out)
   (out / "cells").mkdir(parents=True, exist_ok=True)
@@ -171,12 +218,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     base, source = lora_train.ensure_base(config)
     if not (out / "memory.json").exists():
       (out / "memory.json").write_text(json.dumps(state_memory(config, base), indent=1) + "\n")
+    if not (out / "base.json").exists():
+      (out / "base.json").write_text(json.dumps(
+          {"base": source, "val_loss_before_finetuning": base_val_loss(config, base)}) + "\n")
     for seed in (int(s) for s in args.seeds.split(",")):
       for arm in args.arms.split(","):
-        for lr in GRID[arm][2]:
+        while True:
+          done = _finished(out, arm)
+          todo = [lr for lr in lr_grid(arm, done) if not (
+              out / "cells" / f"{cell_name(arm, lr, seed)}.json").exists()]
+          if not todo:
+            break
+          lr = todo[0]
           path = out / "cells" / f"{cell_name(arm, lr, seed)}.json"
-          if path.exists():
-            continue
           workdir = Path(args.workdirs) / path.stem if args.workdirs else None
           cell = run_cell(arm, lr, seed, config, base, workdir)
           cell["base"] = source
@@ -185,7 +239,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"({cell['wall_time_s']:.0f} s)", flush=True)
           report(out)
   report(out)
-  print((out / "table.md").read_text())
+  table = (out / "table.md").read_text()
+  if args.readme:
+    readme = Path(args.readme)
+    text = readme.read_text()
+    head, _, rest = text.partition(_BEGIN)
+    _, _, tail = rest.partition(_END)
+    readme.write_text(f"{head}{_BEGIN}\n{table}{_END}{tail}")
+  print(table)
 
 
 if __name__ == "__main__":

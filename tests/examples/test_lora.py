@@ -96,6 +96,7 @@ def test_lora_trains_adapters_only_captures_a_at_step_2_and_resumes(micro_lora, 
   assert json.loads((tmp_path / "split" / metrics.GSNR_FILE).read_text()) == gsnr
 
 
+@pytest.mark.slow
 def test_pinned_a_scale_never_captures_or_moves_a(micro_lora):
   # The sgd-sai 1.0.3 rule (A's g-SNR stored as 0 at step 1) emulated by the sweep's
   # labelled mask: A keeps its initial value, B still trains.
