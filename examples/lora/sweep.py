@@ -40,7 +40,6 @@ GRID: dict[str, tuple[str, int, tuple[float, ...]]] = {
     "full-adamw": ("adamw", 0, (1e-4, 3e-4, 1e-3, 3e-3)),
     "lora-sgd_sai-pinnedA": ("sgd_sai", 8, (1.0, 3.0, 10.0, 30.0)),
 }
-_BEGIN, _END = "<!-- lora-table -->", "<!-- /lora-table -->"
 MAX_EXTENSIONS = 2  # grid points added beyond an edge when the best lr sits on it
 
 
@@ -176,6 +175,21 @@ def report(out: Path) -> dict[str, Any]:
       kind = "full" if r["rank"] == 0 else f"LoRA r={r['rank']}"
       lines.append(f"| {kind} | {r['optimizer']} | {r['trainable_bytes']:,} | "
                    f"{r['opt_state_bytes']:,} | {r['opt_state_bytes'] / ref:.2%} |")
+  head = ["| fine-tuning (100 steps) | best lr | final val loss | seeds | A captured at step "
+          "| ‖ΔA‖/‖A₀‖ | optimizer state |", "|---|---:|---:|---:|---:|---:|---:|"]
+  state_of = {(r["rank"], r["optimizer"]): r["opt_state_bytes"]
+         for r in summary.get("memory", [])}
+  for arm, a in summary["arms"].items():
+    optimizer, rank, _ = GRID[arm]
+    sd = f" ± {a['sd']:.3f}" if not math.isnan(a["sd"]) else ""
+    cap = a["a_capture_step_max"]
+    cap_txt = ("never" if cap == [-1] else ", ".join(map(str, cap))) if cap else "n/a"
+    moved = f"{np.mean(a['a_rel_change_mean']):.3g}" if a["a_rel_change_mean"] else "n/a"
+    state = (f"{state_of[(rank, optimizer)] / 1e6:.2f} MB" if (rank, optimizer) in state_of
+             else "n/a")
+    head.append(f"| {arm} | {a['best_lr']:g} | {a['final_val_loss']:.3f}{sd} | "
+                f"{len(a['seeds'])} | {cap_txt} | {moved} | {state} |")
+  (out / "headline.md").write_text("\n".join(head) + "\n")
   base_path = out / "base.json"
   if base_path.exists():
     base = json.loads(base_path.read_text())
@@ -206,8 +220,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   p.add_argument("--workdirs", default=None,
                  help="keep each run's workdir here (default: none; cells only)")
   p.add_argument("--report-only", action="store_true")
-  p.add_argument("--readme", default=None,
-                 help="also copy table.md between the lora-table markers of this file")
+  p.add_argument("--readme", nargs="*", default=(),
+                 help="markdown files whose lora-table / lora-headline markers get table.md "
+                 "/ headline.md")
   args = p.parse_args(argv)
   out = Path(args.out)
   (out / "cells").mkdir(parents=True, exist_ok=True)
@@ -240,12 +255,15 @@ def main(argv: Sequence[str] | None = None) -> None:
           report(out)
   report(out)
   table = (out / "table.md").read_text()
-  if args.readme:
-    readme = Path(args.readme)
+  for readme in map(Path, args.readme):
     text = readme.read_text()
-    head, _, rest = text.partition(_BEGIN)
-    _, _, tail = rest.partition(_END)
-    readme.write_text(f"{head}{_BEGIN}\n{table}{_END}{tail}")
+    for marker, fname in (("lora-table", "table.md"), ("lora-headline", "headline.md")):
+      begin, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+      if begin in text:
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
+        text = f"{head}{begin}\n{(out / fname).read_text()}{end}{tail}"
+    readme.write_text(text)
   print(table)
 
 
