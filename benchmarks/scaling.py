@@ -156,11 +156,21 @@ def _load_partial(path: Path, like: Any) -> tuple[int, Any, dict[str, Any]] | No
 
 def train_group(study: Study, budget: int, width: int, key: str,
                 members: Sequence[tuple[float, int]], *, partial: Path | None = None,
-                log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+                stop_after: int | None = None, log: Callable[[str], None] = print,
+                ) -> list[dict[str, Any]] | None:
   """Trains ``members`` = ``[(lr, seed), ...]`` of one optimizer as one vmapped program.
 
-  Returns one record per member: final val loss / accuracy, final train loss, the curve
-  (train loss over each eval interval and the val loss), ``diverged``.
+  Args:
+    study: the study's settings; budget, width, key: the stage and registry optimizer.
+    members: the cells, each with its own initialisation and batches (its seed).
+    partial: where to save the group's state at each evaluation, and resume from.
+    stop_after: stop after this step with the state saved in ``partial`` and return
+      ``None`` (an interruption, for testing resume).
+    log: where progress lines go.
+
+  Returns:
+    One record per member: final val loss / accuracy, final train loss, the curve (train
+    loss over each eval interval and the val loss), ``diverged``, the group's wall time.
   """
   import jax
   import jax.numpy as jnp
@@ -250,6 +260,8 @@ def train_group(study: Study, budget: int, width: int, key: str,
       loss_sum, since = jnp.zeros((k,), jnp.float32), 0
       if partial is not None and step + 1 < budget:
         _save_partial(partial, step + 1, (params, opt_state), {"curve": curve})
+    if stop_after is not None and step + 1 >= stop_after:
+      return None
   jax.block_until_ready(params)
   wall = time.perf_counter() - t0
   rows = []
@@ -597,7 +609,10 @@ def plot(study: Study, analysis: dict[str, Any], out: Path) -> list[Path]:
            ylabel=f"val loss: sgd_sai - {other} (nats)",
            title=f"SGD-SaI minus {optim.REGISTRY[other].label}, tuned lr each")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=8)
+    else:
+      ax.text(0.5, 0.5, "no finished stage yet", ha="center", transform=ax.transAxes)
   path = out / "gap.png"
   fig.savefig(path, dpi=90)
   plt.close(fig)
