@@ -128,6 +128,9 @@ def cell_id(budget: int, width: int, key: str, k: int, seed: int) -> str:
 # --------------------------------------------------------------------------------------
 
 
+_PARTIAL_FORMAT = 2  # 2: the optimizer state holds no schedule count
+
+
 def _save_partial(path: Path, step: int, tree: Any, extra: dict[str, Any]) -> None:
   import jax
   import numpy as np
@@ -136,7 +139,8 @@ def _save_partial(path: Path, step: int, tree: Any, extra: dict[str, Any]) -> No
   tmp = path.with_name(path.name + ".tmp.npz")
   np.savez(tmp, *leaves)
   os.replace(tmp, path.with_suffix(".npz"))
-  path.with_suffix(".json").write_text(json.dumps({"step": step, **extra}))
+  path.with_suffix(".json").write_text(
+      json.dumps({"step": step, "format": _PARTIAL_FORMAT, **extra}))
 
 
 def _load_partial(path: Path, like: Any) -> tuple[int, Any, dict[str, Any]] | None:
@@ -146,12 +150,62 @@ def _load_partial(path: Path, like: Any) -> tuple[int, Any, dict[str, Any]] | No
   if not (path.with_suffix(".npz").exists() and path.with_suffix(".json").exists()):
     return None
   meta = json.loads(path.with_suffix(".json").read_text())
+  if meta.pop("format", None) != _PARTIAL_FORMAT:
+    return None
   with np.load(path.with_suffix(".npz")) as f:
     leaves = [f[f"arr_{i}"] for i in range(len(f.files))]
   treedef = jax.tree.structure(like)
   if treedef.num_leaves != len(leaves):
     return None
   return meta.pop("step"), jax.tree.unflatten(treedef, leaves), meta
+
+
+_PROGRAMS: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
+def _programs(study: Study, width: int, key: str, task: Any) -> dict[str, Any]:
+  """The jitted init, train and eval steps of (optimizer, width), built once per process.
+
+  Nothing in them depends on the budget or the learning rate: the train step takes each
+  member's current learning rate (the schedule's value at this step) as an argument, and
+  builds the example's optimizer with it as a constant. The optimizer's state carries no
+  schedule count then, and the update is the one the scheduled optimizer makes.
+  """
+  import jax
+  from flax import nnx
+
+  from examples.common import optim, training
+
+  cache_key = (key, width, study.dataset, study.overrides)
+  if cache_key in _PROGRAMS:
+    return _PROGRAMS[cache_key]
+  cfg = task.config
+  graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: task.make_model(nnx.Rngs(0))),
+                             nnx.Param, ...)
+  rest = jax.jit(lambda: nnx.split(task.make_model(nnx.Rngs(0)), nnx.Param, ...)[2])()
+
+  def make_tx(lr):
+    return optim.make_optimizer(
+        cfg.optimizer, lr, cfg.weight_decay, momentum=cfg.momentum, b2=cfg.b2,
+        clip_norm=cfg.clip_norm, block_axes=task.block_axes, sai_normalize=cfg.sai_normalize)
+
+  def init_member(seed):
+    # The raw key data of ``jax.random.key(seed)``: the stream ``nnx.Rngs(seed)`` draws.
+    params = nnx.split(task.make_model(nnx.Rngs(jax.random.PRNGKey(seed))), nnx.Param, ...)[1]
+    return params, make_tx(1.0).init(params)
+
+  def member_step(params, opt_state, lr, batch, step):
+    step_fn = training.make_train_step(graphdef, rest, task, make_tx(lr))
+    return step_fn(params, opt_state, batch, step)
+
+  _PROGRAMS[cache_key] = {
+      "init": jax.jit(init_member),
+      "train_step": jax.jit(jax.vmap(member_step, in_axes=(0, 0, 0, 0, None)),
+                            donate_argnums=(0, 1)),
+      "eval_step": jax.jit(jax.vmap(training.make_eval_step(graphdef, rest, task),
+                                    in_axes=(0, None))),
+  }
+  return _PROGRAMS[cache_key]
 
 
 def train_group(study: Study, budget: int, width: int, key: str,
@@ -175,9 +229,8 @@ def train_group(study: Study, budget: int, width: int, key: str,
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from flax import nnx
 
-  from examples.common import optim, training
+  from examples.common import optim
   from examples.gpt2 import train as gpt2_train
 
   t0 = time.perf_counter()
@@ -185,42 +238,18 @@ def train_group(study: Study, budget: int, width: int, key: str,
   tasks = {s: gpt2_train.build_task(base_config(study, width, budget, key, s)) for s in seeds}
   task = tasks[seeds[0]]
   cfg = task.config
-  graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: task.make_model(nnx.Rngs(0))),
-                             nnx.Param, ...)
-
-  @jax.jit
-  def init_rest():
-    return nnx.split(task.make_model(nnx.Rngs(0)), nnx.Param, ...)[2]
-
-  rest = init_rest()
-
-  def make_tx(lr):
-    schedule = optim.warmup_cosine(lr, cfg.warmup_steps, cfg.decay_steps or cfg.steps,
-                                   cfg.min_lr_ratio)
-    return optim.make_optimizer(
-        cfg.optimizer, schedule, cfg.weight_decay, momentum=cfg.momentum, b2=cfg.b2,
-        clip_norm=cfg.clip_norm, block_axes=task.block_axes, sai_normalize=cfg.sai_normalize)
-
-  def init_member(seed):
-    # The raw key data of ``jax.random.key(seed)``: the stream ``nnx.Rngs(seed)`` draws.
-    rngs = nnx.Rngs(jax.random.PRNGKey(seed))
-    params = nnx.split(task.make_model(rngs), nnx.Param, ...)[1]
-    return params, make_tx(1.0).init(params)
-
-  def member_step(params, opt_state, lr, batch, step):
-    step_fn = training.make_train_step(graphdef, rest, task, make_tx(lr))
-    return step_fn(params, opt_state, batch, step)
-
-  train_step = jax.jit(jax.vmap(member_step, in_axes=(0, 0, 0, 0, None)),
-                       donate_argnums=(0, 1))
-  eval_step = jax.jit(jax.vmap(training.make_eval_step(graphdef, rest, task),
-                               in_axes=(0, None)))
-  lrs = jnp.asarray([lr for lr, _ in members], jnp.float32)
+  prog = _programs(study, width, key, task)
+  # The example's schedule per member, evaluated here and fed to the step as a value, so
+  # that one compiled step serves every budget and learning rate of (optimizer, width).
+  lr_table = np.stack([
+      np.asarray(optim.warmup_cosine(lr, cfg.warmup_steps, cfg.decay_steps or cfg.steps,
+                                     cfg.min_lr_ratio)(jnp.arange(budget)), np.float32)
+      for lr, _ in members], axis=1)
   # Each seed initialised as the example's ``fit`` does (``nnx.Rngs(seed)``), then stacked.
-  init = jax.jit(init_member)
-  by_seed = {s: init(jnp.uint32(s)) for s in seeds}
+  by_seed = {s: prog["init"](jnp.uint32(s)) for s in seeds}
   state = jax.tree.map(lambda *xs: jnp.stack(xs), *[by_seed[s] for _, s in members])
   del by_seed
+  train_step, eval_step = prog["train_step"], prog["eval_step"]
   start, curve = 0, [[] for _ in members]
   if partial is not None:
     loaded = _load_partial(partial, state)
@@ -248,7 +277,7 @@ def train_group(study: Study, budget: int, width: int, key: str,
 
   loss_sum, since, t_train = jnp.zeros((k,), jnp.float32), 0, time.perf_counter()
   for step in range(start, budget):
-    params, opt_state, loss = train_step(params, opt_state, lrs, batch_of(step),
+    params, opt_state, loss = train_step(params, opt_state, lr_table[step], batch_of(step),
                                          jnp.int32(step))
     loss_sum, since = loss_sum + loss, since + 1
     if step + 1 in eval_at:
@@ -258,6 +287,8 @@ def train_group(study: Study, budget: int, width: int, key: str,
         curve[i].append([step + 1, float(train_loss[i]), float(val_loss[i]),
                          float(val_acc[i])])
       loss_sum, since = jnp.zeros((k,), jnp.float32), 0
+      log(f"  step {step + 1}/{budget}: val " + " ".join(f"{x:.3f}" for x in val_loss)
+          + f" ({time.perf_counter() - t0:.0f} s)")
       if partial is not None and step + 1 < budget:
         _save_partial(partial, step + 1, (params, opt_state), {"curve": curve})
     if stop_after is not None and step + 1 >= stop_after:
@@ -680,13 +711,16 @@ def report(study: Study, out: Path, command: str = "") -> dict[str, Any]:
 
 
 def measure_throughput(study: Study, out: Path, budget: int = 100, width: int = 128,
-                       key: str = "adamw", n: int = 5, log=print) -> dict[str, Any]:
-  """Cells per hour of ``n`` learning rates: the example's ``fit`` one cell at a time,
-  this module's trainer one cell at a time, and all ``n`` as one vmapped group."""
+                       key: str = "adamw", n: int = 5, single: bool = False,
+                       log=print) -> dict[str, Any]:
+  """Cells per hour of ``n`` learning rates: the example's ``fit`` one cell at a time, all
+  ``n`` as one vmapped group, and (``single``) this module's trainer one cell at a time.
+  The load average before each phase is recorded: on a shared machine it varies."""
   from examples.gpt2 import train as gpt2_train
 
   ks = list(study.grid_ks)[:n]
   members = [(lr_of(key, k), 0) for k in ks]
+  loads = {"fit": os.getloadavg()}
   t = time.perf_counter()
   fit_losses = []
   for lr, seed in members:
@@ -694,28 +728,31 @@ def measure_throughput(study: Study, out: Path, budget: int = 100, width: int = 
                               eval_every=budget)
     fit_losses.append(gpt2_train.train(cfg, workdir=None, progress=False)["val_loss"])
   fit_s = time.perf_counter() - t
+  loads["group"] = os.getloadavg()
   t = time.perf_counter()
-  for m in members:
-    train_group(study, budget, width, key, [m])
-  single_s = time.perf_counter() - t
-  t = time.perf_counter()
-  group = [r["val_loss"] for r in train_group(study, budget, width, key, members)]
+  group = [r["val_loss"] for r in train_group(study, budget, width, key, members, log=log)]
   group_s = time.perf_counter() - t
-  res = {
+  res: dict[str, Any] = {
       "budget": budget, "width": width, "optimizer": key, "cells": n,
-      "fit_one_by_one_s": round(fit_s, 1), "vmap_one_by_one_s": round(single_s, 1),
-      "vmap_group_s": round(group_s, 1),
+      "fit_one_by_one_s": round(fit_s, 1), "vmap_group_s": round(group_s, 1),
       "cells_per_hour": {"fit_one_by_one": round(n * 3600 / fit_s, 1),
-                         "vmap_one_by_one": round(n * 3600 / single_s, 1),
                          "vmap_group": round(n * 3600 / group_s, 1)},
       "speedup_vs_fit": round(fit_s / group_s, 2),
-      "speedup_vs_single": round(single_s / group_s, 2),
       "max_abs_diff_val_loss_group_vs_fit": max(abs(a - b) for a, b in
                                                 zip(group, fit_losses, strict=True)),
       "host": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-      "load_average": os.getloadavg(),
+      "load_average_before": loads,
       "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
   }
+  if single:
+    loads["single"] = os.getloadavg()
+    t = time.perf_counter()
+    for m in members:
+      train_group(study, budget, width, key, [m], log=log)
+    single_s = time.perf_counter() - t
+    res["vmap_one_by_one_s"] = round(single_s, 1)
+    res["cells_per_hour"]["vmap_one_by_one"] = round(n * 3600 / single_s, 1)
+    res["speedup_vs_single"] = round(single_s / group_s, 2)
   log(json.dumps(res, indent=1))
   out.mkdir(parents=True, exist_ok=True)
   (out / "throughput.json").write_text(json.dumps(res, indent=1) + "\n")
