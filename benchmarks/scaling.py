@@ -28,8 +28,10 @@ tiny config's ``optimizer_defaults``):
    every extension is recorded in the table.
 3. **Seeds.** The best learning rate gets seeds 1 (and 2 at the largest budget).
 
-Stages run cheapest first: every optimizer at 100 steps, then 300, 1000, 3000 (width 128
-first within each budget, then the other widths). Finished cells are appended to
+Stages (budget, width) run cheapest first by estimated cost, steps x (width / 128) ** 1.5:
+100 at widths 64 and 128, 300 at 64, 100 at 256, 300 at 128, 1000 at 64, 300 at 256,
+1000 at 128, 3000 at 64, 1000 at 256, 3000 at 128, 3000 at 256; within a stage every
+optimizer's grid, extensions and seeds complete before the next stage starts. Finished cells are appended to
 ``cells.jsonl`` (one line per cell, with its short loss curve), the resume log: re-running
 skips them, and a group of cells interrupted mid-run restarts from its last evaluation
 (``_partial/``, not committed). After every group the report is rewritten: ``table.md``,
@@ -81,7 +83,10 @@ class Study:
   def stage_list(self) -> list[tuple[int, int]]:
     if self.stages is not None:
       return list(self.stages)
-    return [(b, w) for b in sorted(self.budgets) for w in self.widths]
+    # Cheapest first, by estimated cost: steps x (width / main width) ** 1.5.
+    main = self.widths[0]
+    return sorted(((b, w) for b in self.budgets for w in self.widths),
+                  key=lambda bw: (bw[0] * (bw[1] / main) ** 1.5, bw[0], bw[1]))
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
