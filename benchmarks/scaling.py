@@ -31,8 +31,9 @@ tiny config's ``optimizer_defaults``):
 Stages (budget, width) run cheapest first by estimated cost, steps x (width / 128) ** 1.5:
 100 at widths 64 and 128, 300 at 64, 100 at 256, 300 at 128, 1000 at 64, 300 at 256,
 1000 at 128, 3000 at 64, 1000 at 256, 3000 at 128, 3000 at 256; within a stage every
-optimizer's grid, extensions and seeds complete before the next stage starts. Finished cells are appended to
-``cells.jsonl`` (one line per cell, with its short loss curve), the resume log: re-running
+optimizer's grid, extensions and seeds complete before the next stage starts. Finished
+cells are appended to ``cells.jsonl`` (one line per cell, with its short loss curve), the
+resume log: re-running
 skips them, and a group of cells interrupted mid-run restarts from its last evaluation
 (``_partial/``, not committed). After every group the report is rewritten: ``table.md``,
 ``summary.json``, ``gap.png`` (the gap sgd_sai - adamw against budget, one line per
@@ -679,6 +680,17 @@ def plot(study: Study, analysis: dict[str, Any], out: Path) -> list[Path]:
   return paths
 
 
+def _finite_json(x: Any) -> Any:
+  """``x`` with non-finite floats (diverged cells' losses) as ``None``: valid JSON."""
+  if isinstance(x, float):
+    return x if math.isfinite(x) else None
+  if isinstance(x, dict):
+    return {k: _finite_json(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_finite_json(v) for v in x]
+  return x
+
+
 def report(study: Study, out: Path, command: str = "") -> dict[str, Any]:
   """Writes ``table.md``, ``summary.json``, ``gap.png`` and ``curves.png`` from the log."""
   rows = read_cells(out)
@@ -706,7 +718,8 @@ def report(study: Study, out: Path, command: str = "") -> dict[str, Any]:
   for st in summary["stages"]:  # the curves stay in cells.jsonl
     for info in st["optimizers"].values():
       info.pop("curve", None)
-  (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+  (out / "summary.json").write_text(json.dumps(_finite_json(summary), indent=1, default=str)
+                                    + "\n")
   return summary
 
 
