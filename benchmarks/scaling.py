@@ -33,11 +33,11 @@ Stages (budget, width) run cheapest first by estimated cost, steps x (width / 12
 1000 at 128, 3000 at 64, 1000 at 256, 3000 at 128, 3000 at 256; within a stage every
 optimizer's grid, extensions and seeds complete before the next stage starts. Finished
 cells are appended to ``cells.jsonl`` (one line per cell, with its short loss curve), the
-resume log: re-running
-skips them, and a group of cells interrupted mid-run restarts from its last evaluation
-(``_partial/``, not committed). After every group the report is rewritten: ``table.md``,
-``summary.json``, ``gap.png`` (the gap sgd_sai - adamw against budget, one line per
-width, error bars = the range of the per-seed paired differences) and ``curves.png``.
+resume log: re-running skips them, and a group of cells interrupted mid-run restarts from
+its last evaluation (``_partial/``, not committed). After every group the report is
+rewritten: ``table.md``, ``summary.json``, ``gap.png`` (the gap sgd_sai - adamw against
+budget, one line per width, error bars = the range of the per-seed paired differences)
+and ``curves.png``.
 """
 
 from __future__ import annotations
