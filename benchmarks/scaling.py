@@ -509,7 +509,33 @@ def analyse(study: Study, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "lo": min(paired) if paired else None, "hi": max(paired) if paired else None,
             "final": not (a["pending"] or b["pending"])}
     stages.append(entry)
-  return {"stages": stages}
+  return {"stages": stages, "trend": gap_trend(study, stages)}
+
+
+def gap_trend(study: Study, stages: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """Per width and reference: a least-squares line of the gap against ``log10(steps)`` over
+  the finished budgets, its slope per decade and the budget where it would reach zero.
+
+  With two or three budgets this is an extrapolation of a trend, not a prediction.
+  """
+  out: dict[str, Any] = {}
+  for other in ("adamw", "sgdm"):
+    for width in study.widths:
+      pts = [(math.log10(st["budget"]), st[f"gap_{other}"]["mean"]) for st in stages
+             if st["width"] == width and st.get(f"gap_{other}")
+             and st[f"gap_{other}"]["final"]]
+      if len(pts) < 2:
+        continue
+      mx = statistics.fmean(x for x, _ in pts)
+      my = statistics.fmean(y for _, y in pts)
+      sxx = sum((x - mx) ** 2 for x, _ in pts)
+      slope = sum((x - mx) * (y - my) for x, y in pts) / sxx
+      zero = None
+      if slope != 0 and (my > 0) == (slope < 0):  # heading towards zero
+        zero = 10 ** (mx - my / slope)
+      out[f"{other}_w{width}"] = {"budgets": [round(10 ** x) for x, _ in pts],
+                                  "slope_per_decade": slope, "zero_at_steps": zero}
+  return out
 
 
 def epochs_per_budget(study: Study, budgets: Sequence[int]) -> dict[int, float] | None:
@@ -595,6 +621,14 @@ def write_table(study: Study, analysis: dict[str, Any], out: Path, meta: dict[st
     status = "final" if ga and ga["final"] and gs and gs["final"] else "partial"
     gaps.append(f"| {b} | {w} | {gap(ga)} | {gap(gs)} | {status} |")
   lines += gaps
+  for name, t in analysis.get("trend", {}).items():
+    other, width = name.split("_w")
+    where = (f"would reach zero near {t['zero_at_steps']:,.0f} steps if the trend held"
+             if t["zero_at_steps"] else "is not closing")
+    lines.append(f"\nTrend, width {width}, sgd_sai - {other} over budgets "
+                 f"{', '.join(map(str, t['budgets']))}: {t['slope_per_decade']:+.3f} nats per "
+                 f"decade of steps; the gap {where} (a line through "
+                 f"{len(t['budgets'])} points: an extrapolation, not a prediction).")
   epochs = meta.get("epochs")
   if epochs:
     lines += ["", "Epochs of the training split each budget implies: " + ", ".join(

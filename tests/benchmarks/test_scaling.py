@@ -33,6 +33,18 @@ def test_band_width_interpolates_in_log_lr():
   assert width == pytest.approx(2.0)
 
 
+def test_gap_trend_fits_a_line_in_log_steps():
+  def stage(budget, gap):
+    return {"budget": budget, "width": 16, "gap_adamw": {"mean": gap, "final": True}}
+
+  # 0.3 at 100 steps, 0.2 at 1000: -0.1 per decade, zero at 10**(2 + 3) steps.
+  trend = scaling.gap_trend(TINY, [stage(100, 0.3), stage(1000, 0.2)])["adamw_w16"]
+  assert trend["slope_per_decade"] == pytest.approx(-0.1)
+  assert trend["zero_at_steps"] == pytest.approx(1e5, rel=1e-6)
+  widening = scaling.gap_trend(TINY, [stage(100, 0.2), stage(1000, 0.3)])["adamw_w16"]
+  assert widening["zero_at_steps"] is None
+
+
 def _row(budget, key, k, seed, loss):
   return {"id": scaling.cell_id(budget, 16, key, k, seed), "budget": budget, "width": 16,
           "optimizer": key, "k": k, "seed": seed, "val_loss": loss, "diverged": loss is None}
