@@ -239,7 +239,7 @@ def train_group(study: Study, budget: int, width: int, key: str,
   from examples.common import optim
   from examples.gpt2 import train as gpt2_train
 
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), time.process_time()
   seeds = sorted({s for _, s in members})
   tasks = {s: gpt2_train.build_task(base_config(study, width, budget, key, s)) for s in seeds}
   task = tasks[seeds[0]]
@@ -313,6 +313,7 @@ def train_group(study: Study, budget: int, width: int, key: str,
         "curve": [[c[0], *(round(x, 5) if math.isfinite(x) else None for x in c[1:])]
                   for c in curve[i]],
         "group_size": k, "group_wall_s": round(wall, 2),
+        "group_cpu_s": round(time.process_time() - c0, 2),
         "group_train_s": round(time.perf_counter() - t_train, 2),
         "num_params": int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)) // k),
     })
@@ -779,23 +780,29 @@ def measure_throughput(study: Study, out: Path, budget: int = 100, width: int = 
   ks = list(study.grid_ks)[:n]
   members = [(lr_of(key, k), 0) for k in ks]
   loads = {"fit": os.getloadavg()}
-  t = time.perf_counter()
+  t, c = time.perf_counter(), time.process_time()
   fit_losses = []
   for lr, seed in members:
     cfg = dataclasses.replace(base_config(study, width, budget, key, seed), learning_rate=lr,
                               eval_every=budget)
     fit_losses.append(gpt2_train.train(cfg, workdir=None, progress=False)["val_loss"])
-  fit_s = time.perf_counter() - t
+  fit_s, fit_cpu = time.perf_counter() - t, time.process_time() - c
   loads["group"] = os.getloadavg()
-  t = time.perf_counter()
+  t, c = time.perf_counter(), time.process_time()
   group = [r["val_loss"] for r in train_group(study, budget, width, key, members, log=log)]
-  group_s = time.perf_counter() - t
+  group_s, group_cpu = time.perf_counter() - t, time.process_time() - c
   res: dict[str, Any] = {
       "budget": budget, "width": width, "optimizer": key, "cells": n,
       "fit_one_by_one_s": round(fit_s, 1), "vmap_group_s": round(group_s, 1),
       "cells_per_hour": {"fit_one_by_one": round(n * 3600 / fit_s, 1),
                          "vmap_group": round(n * 3600 / group_s, 1)},
       "speedup_vs_fit": round(fit_s / group_s, 2),
+      # CPU seconds (all threads of this process): the cost on a shared machine, where
+      # wall time depends on what else runs.
+      "fit_one_by_one_cpu_s": round(fit_cpu, 1), "vmap_group_cpu_s": round(group_cpu, 1),
+      "cells_per_cpu_hour": {"fit_one_by_one": round(n * 3600 / fit_cpu, 1),
+                             "vmap_group": round(n * 3600 / group_cpu, 1)},
+      "cpu_speedup_vs_fit": round(fit_cpu / group_cpu, 2),
       "max_abs_diff_val_loss_group_vs_fit": max(abs(a - b) for a, b in
                                                 zip(group, fit_losses, strict=True)),
       "host": f"{platform.machine()}, {os.cpu_count()} CPU cores",
@@ -804,10 +811,12 @@ def measure_throughput(study: Study, out: Path, budget: int = 100, width: int = 
   }
   if single:
     loads["single"] = os.getloadavg()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for m in members:
       train_group(study, budget, width, key, [m], log=log)
-    single_s = time.perf_counter() - t
+    single_s, single_cpu = time.perf_counter() - t, time.process_time() - c
+    res["vmap_one_by_one_cpu_s"] = round(single_cpu, 1)
+    res["cpu_speedup_vs_single"] = round(single_cpu / group_cpu, 2)
     res["vmap_one_by_one_s"] = round(single_s, 1)
     res["cells_per_hour"]["vmap_one_by_one"] = round(n * 3600 / single_s, 1)
     res["speedup_vs_single"] = round(single_s / group_s, 2)
