@@ -623,6 +623,22 @@ def write_table(study: Study, analysis: dict[str, Any], out: Path, meta: dict[st
     status = "final" if ga and ga["final"] and gs and gs["final"] else "partial"
     gaps.append(f"| {b} | {w} | {gap(ga)} | {gap(gs)} | {status} |")
   lines += gaps
+  sens = ["", "Sensitivity: width in decades of each optimizer's learning-rate band within 2% "
+          "(5%) of its best final loss ('>=': the band reaches the grid's edge).", "",
+          "| steps | width | " + " | ".join(study.optimizers) + " |",
+          "|---|---|" + "---|" * len(study.optimizers)]
+  for st in analysis["stages"]:
+    cells = []
+    for key in study.optimizers:
+      info = st["optimizers"].get(key) or {}
+      if "band2" not in info:
+        cells.append("—")
+        continue
+      cells.append(" / ".join((">=" if info[f"band{t}_open"] else "") + f"{info[f'band{t}']:.2f}"
+                              for t in (2, 5)))
+    if any(c != "—" for c in cells):
+      sens.append(f"| {st['budget']} | {st['width']} | " + " | ".join(cells) + " |")
+  lines += sens
   for name, t in analysis.get("trend", {}).items():
     other, width = name.split("_w")
     where = (f"would reach zero near {t['zero_at_steps']:,.0f} steps if the trend held"
