@@ -29,8 +29,11 @@ def resolve_data_dir(dataset: str, data_dir: str | os.PathLike[str] | None = Non
 
 
 def ensure_data(data_dir: Path, dataset: str, tokenizer: str) -> dict:
-  """Returns ``meta.json``; prepares the built-in ``pydoc`` corpus if it is missing."""
+  """Returns ``meta.json``; prepares the built-in ``pydoc`` / ``stdlib`` corpora if missing."""
   if not (data_dir / "train.bin").exists():
+    if dataset == "stdlib":
+      prepare_lib.prepare_stdlib(data_dir)
+      return load_meta(data_dir)
     if dataset != "pydoc":
       raise FileNotFoundError(
           f"{data_dir}/train.bin not found: run `python -m examples.gpt2.prepare --input "
