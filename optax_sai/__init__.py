@@ -4,7 +4,7 @@ Reference: Xu et al., "No More Adam: Learning Rate Scaling at Initialization
 is All You Need", arXiv:2412.11768, 2024.
 """
 
-from optax_sai._alias import sgd_sai
+from optax_sai._alias import scale_by_sai, sgd_sai
 from optax_sai._gsnr import gsnr, resolve_block_axes
 from optax_sai._sharding import init_sharded, state_shardings
 from optax_sai._transforms import (
@@ -28,6 +28,7 @@ __all__ = [
     "resolve_block_axes",
     "sai_momentum",
     "scale_by_gsnr",
+    "scale_by_sai",
     "sgd_sai",
     "state_shardings",
 ]

@@ -126,3 +126,69 @@ def sgd_sai(
       optax.add_decayed_weights(weight_decay, mask=_floating_mask(weight_decay_mask)),
       optax.scale_by_learning_rate(learning_rate),
   )
+
+
+def scale_by_sai(
+    momentum: float | jax.Array = 0.9,
+    eps: float = 1e-8,
+    *,
+    normalize: bool = True,
+    mu_dtype: Any | None = None,
+    block_axes: _gsnr.BlockAxes = None,
+) -> optax.GradientTransformation:
+  r"""SGD-SaI's direction without learning rate or weight decay: g-SNR scale, then momentum.
+
+  The ``scale_by_*`` form of :func:`sgd_sai`, for trainers that add the
+  learning rate, its schedule and weight decay themselves and pick the
+  optimizer by name (big_vision's ``config.optax_name``, Levanter's and
+  MaxText's optimizer factories). Per block :math:`i`:
+
+  .. math::
+    u_t = s_i \, m_t, \qquad m_1 = g_1, \quad m_t = \mu m_{t-1} + (1 - \mu) g_t
+
+  with :math:`s_i` the g-SNR captured at the first step (divided by the largest
+  block's if ``normalize``). It is ``optax.chain(scale_by_gsnr(...),
+  sai_momentum(...))``, so ``sgd_sai(lr, momentum, wd)`` is
+  ``optax.chain(scale_by_sai(momentum), optax.add_decayed_weights(wd),
+  optax.scale_by_learning_rate(lr))``. Like ``optax.scale_by_adam``, the
+  update it returns still has to be multiplied by minus the learning rate.
+
+  Args:
+    momentum: decay of the momentum EMA, in [0, 1). 0: the g-SNR-scaled
+      gradient itself.
+    eps: added to each block's gradient standard deviation.
+    normalize: divide the g-SNR by the largest block's (the paper's
+      Algorithm 1) or not (the released PyTorch package ``sgd-sai`` 1.0.3).
+    mu_dtype: dtype of the momentum buffer, e.g. ``jnp.bfloat16``.
+    block_axes: how leaves split into blocks (see :func:`scale_by_gsnr`).
+
+  Returns:
+    An ``optax.GradientTransformation`` whose state is a tuple
+    ``(ScaleByGsnrState, SaiMomentumState)``.
+
+  Raises:
+    ValueError: for a momentum outside [0, 1) or a negative eps.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, optax_sai
+    >>> tx = optax.chain(optax_sai.scale_by_sai(momentum=0.9),
+    ...                  optax.add_decayed_weights(1e-2),
+    ...                  optax.scale_by_learning_rate(0.1))
+    >>> params = {"w": jnp.array([1.0, 2.0, 3.0, 4.0])}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(params, state, params)  # gradient = params
+    >>> [round(x, 4) for x in updates["w"].tolist()]  # -0.1 * (1 * g + 0.01 * w)
+    [-0.101, -0.202, -0.303, -0.404]
+
+  References:
+    Xu et al., `No More Adam: Learning Rate Scaling at Initialization is All
+    You Need <https://arxiv.org/abs/2412.11768>`_, 2024 (Algorithm 1).
+  """
+  _check_scalar("momentum", momentum, low=0.0, high=1.0)
+  _check_scalar("eps", eps, low=0.0)
+  if not isinstance(normalize, bool | numbers.Integral):
+    raise ValueError(f"normalize must be a bool, got {normalize!r}.")
+  return optax.chain(
+      _transforms.scale_by_gsnr(eps, normalize=bool(normalize), block_axes=block_axes),
+      _transforms.sai_momentum(momentum, mu_dtype=mu_dtype),
+  )

@@ -73,7 +73,7 @@ def state_shardings(
     params: the parameters, concrete or abstract (``jax.ShapeDtypeStruct``);
       only shapes and dtypes are read (through ``jax.eval_shape``).
     param_shardings: a pytree like ``params`` of ``jax.sharding.NamedSharding``
-      or of ``PartitionSpec`` (the result then holds ``PartitionSpec``s).
+      or of ``PartitionSpec`` (the result then holds ``PartitionSpec`` objects).
     mesh: the mesh of the replicated shardings; by default the mesh of the
       first ``NamedSharding`` in ``param_shardings``.
 
@@ -136,7 +136,7 @@ def init_sharded(
 ) -> Any:
   """Creates the optimizer state directly sharded, without a replicated copy.
 
-  With abstract ``params`` (``jax.ShapeDtypeStruct``s) no parameter is ever
+  With abstract ``params`` (``jax.ShapeDtypeStruct`` objects) no parameter is ever
   materialised: ``tx.init`` is traced on stand-in zeros inside one ``jax.jit``
   whose outputs are the sharded state, so a model too large for one device gets
   its state created in place, shard by shard. (``sgd_sai``'s init reads only
@@ -145,8 +145,8 @@ def init_sharded(
 
   Args:
     tx: the optimizer.
-    params: the parameters, concrete arrays or ``jax.ShapeDtypeStruct``s.
-    param_shardings: a pytree like ``params`` of ``NamedSharding``s; by default
+    params: the parameters, concrete arrays or ``jax.ShapeDtypeStruct`` objects.
+    param_shardings: a pytree like ``params`` of ``NamedSharding`` objects; by default
       each leaf's own ``.sharding``.
     mesh: see :func:`state_shardings`.
 

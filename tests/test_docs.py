@@ -1,16 +1,27 @@
-"""The examples in the library's docstrings run and print what they say."""
+"""The documentation: docstring examples run, every public name has an API entry, and the
+Sphinx site builds with warnings as errors and all its code examples pass."""
 
 import doctest
 import importlib
 import pkgutil
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 import optax_sai
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DOCS = REPO_ROOT / "docs"
 MODULES = sorted(
     m.name for m in pkgutil.iter_modules(optax_sai.__path__, prefix="optax_sai.")
 )
+# The pages other parts of the project (README, notebooks, issues) link to.
+PAGES = ("index", "api", "changelog", "guides/algorithm", "guides/recipes", "guides/scale_out",
+         "guides/performance", "guides/study", "guides/lora", "guides/examples")
+NOTEBOOKS = ("quickstart", "gsnr_explorer", "compare_optimizers")
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -26,3 +37,56 @@ def test_public_api_is_documented():
   for name in optax_sai.__all__:
     obj = getattr(optax_sai, name)
     assert obj.__doc__ and len(obj.__doc__.strip()) > 40, name
+
+
+def test_every_public_name_has_an_api_entry():
+  api = (DOCS / "api.md").read_text()
+  documented = set(re.findall(r"^\.\. auto(?:function|class):: optax_sai\.(\w+)", api, re.M))
+  assert documented == set(optax_sai.__all__)
+
+
+def test_pages_and_notebooks_are_in_place():
+  for page in PAGES:
+    assert (DOCS / f"{page}.md").is_file(), page
+  for name in NOTEBOOKS:
+    link = DOCS / "notebooks" / f"{name}.ipynb"
+    assert link.resolve() == (REPO_ROOT / "notebooks" / f"{name}.ipynb").resolve(), name
+
+
+def _sphinx(builder, out, doctrees):
+  cmd = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", builder,
+         "-d", str(doctrees), str(DOCS), str(out)]
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
+  assert proc.returncode == 0, (
+      f"sphinx-build -b {builder}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+  return proc
+
+
+@pytest.mark.slow
+def test_docs_site_builds_and_its_examples_run(tmp_path):
+  pytest.importorskip("sphinx")
+  doctrees = tmp_path / "doctrees"
+  _sphinx("html", tmp_path / "html", doctrees)
+  html = tmp_path / "html"
+  for page in PAGES:
+    assert (html / f"{page}.html").is_file(), page
+  for name in NOTEBOOKS:
+    text = (html / "notebooks" / f"{name}.html").read_text()
+    # Rendered with their code, and without outputs (the notebook tests execute them).
+    assert text.count('class="cell_input') >= 5, name
+    assert 'class="cell_output' not in text, name
+  api = (html / "api.html").read_text()
+  for name in optax_sai.__all__:
+    assert f'id="optax_sai.{name}"' in api, name
+  assert "mathjax" in (html / "guides" / "algorithm.html").read_text().lower()
+
+  # Every {doctest}/{testcode} block of the pages and every docstring example of the API page.
+  _sphinx("doctest", tmp_path / "doctest", doctrees)
+  report = (tmp_path / "doctest" / "output.txt").read_text()
+  summary = re.search(r"Doctest summary\n=+\n\s*(\d+) tests?\n\s*(\d+) failures? in tests",
+                      report)
+  assert summary, report[-3000:]
+  assert int(summary.group(2)) == 0, report[-3000:]
+  assert int(summary.group(1)) >= 50, report[-3000:]
+  documents = set(re.findall(r"^Document: (\S+)", report, re.M))
+  assert {"index", "api", "guides/algorithm", "guides/recipes", "guides/lora"} <= documents

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,20 @@ def test_notebook_is_stored_without_outputs(name):
       continue
     assert cell.outputs == [], f"{name}.ipynb cell {i} has stored outputs"
     assert cell.execution_count is None, f"{name}.ipynb cell {i} has an execution count"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_states_its_run_time_and_installs_itself(name):
+  nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+  intro = nb.cells[0].source
+  assert nb.cells[0].cell_type == "markdown"
+  # "**Run time:** about 95 s ..." (measured at the default size on 2 CPU cores): at most 3 min.
+  match = re.search(r"\*\*Run time:\*\* about (\d+) s", intro)
+  assert match, f"{name}.ipynb: the first cell does not state the measured run time"
+  assert int(match.group(1)) <= 180
+  setup = nb.cells[1].source
+  assert nb.cells[1].cell_type == "code"
+  assert "except ImportError:" in setup and "pip" in setup and "install" in setup
 
 
 def _execute(name: str, out_dir: Path, monkeypatch) -> dict:
