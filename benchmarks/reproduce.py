@@ -14,6 +14,9 @@ learning rate and its weight decay change. The optimizers compared:
 * ``adamw`` (decoupled weight decay), ``adam`` (coupled L2, as ``torch.optim.Adam``) and
   ``sgdm`` (SGD with momentum and coupled L2, as ``torch.optim.SGD``).
 
+Their names, labels and default learning rates are read from the examples' registry
+(``examples.common.optim.REGISTRY`` and each task's tiny ``optimizer_defaults``).
+
 Grids (see :func:`make_grid`):
 
 * ``small`` (the default; 35 runs of 20-30 s, about 15 minutes per task on two quiet
@@ -55,30 +58,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from examples.common.optim import REGISTRY, registry_defaults
+
 RESULTS = Path(__file__).resolve().parent / "results" / "study"
 TASKS = ("gpt2", "vit")
 GRIDS = ("small", "paper", "smoke")
 
+# The study's optimizers, their labels and the examples' default learning rates all come from
+# the examples' registry (examples.common.optim.REGISTRY and each task's tiny config).
+STUDY_OPTIMIZERS = ("sgd_sai", "sgd_sai_unnorm", "adamw", "sgdm", "adam")
 # study name -> (examples optimizer, sai_normalize)
 OPTIMIZERS: dict[str, tuple[str, bool]] = {
-    "sgd_sai": ("sgd_sai", True),
-    "sgd_sai_unnorm": ("sgd_sai", False),
-    "adamw": ("adamw", True),
-    "sgdm": ("sgdm", True),
-    "adam": ("adam", True),
-}
-LABELS = {
-    "sgd_sai": "SGD-SaI (normalize=True)",
-    "sgd_sai_unnorm": "SGD-SaI (normalize=False)",
-    "adamw": "AdamW",
-    "sgdm": "SGD-momentum",
-    "adam": "Adam (L2)",
-}
-# Learning-rate centre of each optimizer's ``small`` axis: the examples' tuned tiny defaults.
-_CENTRE = {
-    "gpt2": {"sgd_sai": 5e-1, "adamw": 3e-3, "sgdm": 5e-1, "adam": 3e-3},
-    "vit": {"sgd_sai": 5e-1, "adamw": 3e-3, "sgdm": 3e-1, "adam": 3e-3},
-}
+    k: (REGISTRY[k].optimizer, REGISTRY[k].sai_normalize) for k in STUDY_OPTIMIZERS}
+LABELS = {k: REGISTRY[k].label for k in STUDY_OPTIMIZERS}
+
+
+def centre(task: str, optimizer: str) -> float:
+  """The ``small`` axis' centre: the example's tuned tiny default lr of ``optimizer``."""
+  configs, _ = _example(task)
+  return registry_defaults(configs.get_config("tiny").optimizer_defaults, optimizer)[0]
+
+
 # The g-SNR normaliser max_k s_k measured at the first step of the tiny models (seed 0),
 # rounded: learning rates of normalize=False = those of normalize=True / this.
 NORMALISER = {"gpt2": 256.0, "vit": 25.0}
@@ -125,9 +125,8 @@ def make_grid(task: str, name: str = "small", optimizers: Sequence[str] = tuple(
   """The ``small``, ``paper`` or ``smoke`` grid of ``task``."""
   norm = NORMALISER[task]
   if name == "small":
-    centre = _CENTRE[task]
-    lrs = {opt: tuple(_sig(centre[opt] * f) for f in (0.1, 1.0, 10.0))
-           for opt in optimizers if opt in centre}
+    lrs = {opt: tuple(_sig(centre(task, opt) * f) for f in (0.1, 1.0, 10.0))
+           for opt in optimizers if opt != "sgd_sai_unnorm"}
     steps, warmup, every = (60, 10, 20) if task == "gpt2" else (100, 20, 50)
     wds, seeds, extra = (1e-4, 1e-2), (0,), (1,)
   elif name == "paper":
@@ -135,14 +134,14 @@ def make_grid(task: str, name: str = "small", optimizers: Sequence[str] = tuple(
     steps, warmup, every = 200, 20, 50
     wds, seeds, extra = (1e-4, 1e-3, 1e-2), (0, 1), ()
   elif name == "smoke":
-    centre = _CENTRE[task]
-    lrs = {opt: (centre[opt],) for opt in optimizers if opt in centre}
+    lrs = {opt: (centre(task, opt),) for opt in optimizers if opt != "sgd_sai_unnorm"}
     steps, warmup, every = 3, 1, 3
     wds, seeds, extra = (1e-2,), (0,), ()
   else:
     raise ValueError(f"unknown grid {name!r}; choose from {GRIDS}")
   if "sgd_sai_unnorm" in optimizers:
-    lrs["sgd_sai_unnorm"] = tuple(_sig(lr / norm) for lr in lrs.get("sgd_sai", (0.5,)))
+    base = lrs.get("sgd_sai") or (centre(task, "sgd_sai"),)
+    lrs["sgd_sai_unnorm"] = tuple(_sig(lr / norm) for lr in base)
   lrs = {opt: lrs[opt] for opt in optimizers}
   overrides: dict[str, Any] = {}
   if name == "smoke":  # the tiny config shrunk further, so that compiling is quick

@@ -1,7 +1,5 @@
 """``sgd_sai``: the full optimizer as one ``optax.chain`` of public building blocks."""
 
-from __future__ import annotations
-
 import numbers
 from typing import Any
 
@@ -48,13 +46,13 @@ def _floating_mask(mask: Any) -> Any:
 
 def sgd_sai(
     learning_rate: optax.ScalarOrSchedule,
-    momentum: float | jax.Array = 0.9,
-    weight_decay: float | jax.Array = 1e-2,
+    momentum: jax.typing.ArrayLike = 0.9,
+    weight_decay: jax.typing.ArrayLike = 1e-2,
     eps: float = 1e-8,
     *,
     normalize: bool = True,
     weight_decay_mask: Any = None,
-    mu_dtype: Any | None = None,
+    mu_dtype: jax.typing.DTypeLike | None = None,
     block_axes: _gsnr.BlockAxes = None,
 ) -> optax.GradientTransformation:
   r"""SGD-SaI: SGD with momentum, its learning rate scaled at initialisation by g-SNR.
@@ -70,7 +68,7 @@ def sgd_sai(
 
   It is literally ``optax.chain(scale_by_gsnr, sai_momentum,
   optax.add_decayed_weights, optax.scale_by_learning_rate)``. Its state is the
-  momentum (parameter-sized, in ``mu_dtype``) plus one value and one flag per
+  momentum (parameter-sized, in ``mu_dtype``) plus one value per
   block and two step counters: half of AdamW's.
 
   ``normalize=True`` follows the paper's Algorithm 1 (scales in (0, 1]);

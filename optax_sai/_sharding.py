@@ -1,15 +1,17 @@
 """Shardings of the optimizer state, derived from the parameters' shardings.
 
 The momentum of SGD-SaI is a parameter-sized tree: it is sharded exactly like
-the parameters. The per-block g-SNR values and capture flags, the normaliser and
-the step counters are a few bytes each: they are replicated on every device, so
-the steady-state step multiplies a sharded gradient by a local copy of its scale
-and needs no communication. ``optax.tree_map_params`` alone cannot tell them apart:
-the per-block trees have the parameters' structure (one scalar per leaf), so it
-would give a scalar its parameter's rank-2 spec.
+the parameters. The per-block g-SNR values, the normaliser and the step counters
+are a few bytes each: they are replicated on every device, whatever the
+parameters' sharding, so the steady-state step multiplies a sharded gradient by a
+local copy of its scale and needs no communication. This is the one rule, kept at
+init (the statistics are created replicated) and in the capture (statistics of a
+leaf sharded along its stacked axis over an explicit mesh axis are gathered, see
+``_transforms._replicated``), so both branches of the capture ``cond`` agree under
+``jax.set_mesh`` with explicit axes as under auto ones. ``optax.tree_map_params``
+alone cannot tell them apart: the per-block trees have the parameters' structure
+(one scalar per leaf), so it would give a scalar its parameter's rank-2 spec.
 """
-
-from __future__ import annotations
 
 from typing import Any
 
@@ -56,7 +58,7 @@ def state_shardings(
   """Shardings for an optimizer state, given the shardings of its parameters.
 
   Parameter-like state (the SGD-SaI momentum, Adam's moments, ...) takes its
-  parameter's sharding; everything else (g-SNR values and capture flags, the
+  parameter's sharding; everything else (per-block g-SNR values, the
   normaliser, counters, injected hyperparameters) is replicated. A params-like
   leaf whose shape differs from its parameter's (e.g. the scalar placeholder
   kept for an integer leaf) is replicated too. Works for ``sgd_sai`` and for any
@@ -131,7 +133,7 @@ def init_sharded(
     param_shardings: Any = None,
     *,
     mesh: jax.sharding.Mesh | None = None,
-) -> optax.OptState:
+) -> Any:
   """Creates the optimizer state directly sharded, without a replicated copy.
 
   With abstract ``params`` (``jax.ShapeDtypeStruct`` objects) no parameter is ever

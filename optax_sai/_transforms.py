@@ -1,33 +1,37 @@
 """The two transforms of SGD-SaI: the one-shot g-SNR scale and the paper's momentum."""
 
-from __future__ import annotations
-
+import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from optax_sai import _gsnr
+from optax_sai import _flax_compat, _gsnr
 
 
 class ScaleByGsnrState(NamedTuple):
   """State of :func:`scale_by_gsnr`; arrays only, so it jits, shards and checkpoints.
 
   Attributes:
-    captured: per block, whether its g-SNR has been captured (bool). A pytree
-      like the parameters, each leaf of the shape of that leaf's stacked axes
-      (a scalar for a leaf that is one block).
     gsnr: per block, the captured g-SNR (float32, float64 for float64
-      parameters; 0 until captured), same structure as ``captured``.
+      parameters), 0 until captured. A pytree like the parameters, each leaf
+      of the shape of that leaf's stacked axes (a scalar for a leaf that is
+      one block). A captured g-SNR is always positive, so ``gsnr > 0`` is
+      the capture flag (:attr:`captured`); non-floating leaves hold a
+      placeholder 0.
     normalizer: the value scales are divided by: the largest g-SNR among the
       blocks captured at the first capturing step (0 until then). It is 1 when
       ``normalize=False``.
   """
 
-  captured: Any
   gsnr: Any
   normalizer: jax.Array
+
+  @property
+  def captured(self) -> Any:
+    """Per block, whether its g-SNR has been captured: ``gsnr > 0`` (derived, not stored)."""
+    return jax.tree.map(lambda v: v > 0, self.gsnr)
 
 
 class SaiMomentumState(NamedTuple):
@@ -39,7 +43,7 @@ class SaiMomentumState(NamedTuple):
   """
 
   count: jax.Array
-  mu: optax.Updates
+  mu: Any
 
 
 def _check_tree_matches(updates: Any, reference: Any, what: str) -> None:
@@ -65,104 +69,101 @@ def _check_tree_matches(updates: Any, reference: Any, what: str) -> None:
   )
 
 
-def _is_box(x: Any) -> bool:
-  """Whether ``x`` is a metadata box around one array (``nnx.Variable``, linen ``Partitioned``).
+def _replicated(x: jax.Array) -> jax.Array:
+  """``x`` replicated over any explicit mesh axes its type is sharded along.
 
-  Such boxes carry the parameter's sharding annotation; the per-block statistics must
-  not inherit it (a scalar cannot take a rank-2 spec), so they are built unboxed.
+  The sharding rule of the per-block statistics: they are replicated, whatever the
+  parameters' sharding (init creates them so, see :func:`optax_sai.state_shardings`).
+  Reducing a leaf whose *stacked* axis is sharded over an explicit mesh axis yields
+  statistics sharded along it; they are gathered here (a few bytes, at capture only), so
+  both branches of the capture ``cond`` agree. Under auto axes and without a mesh, the
+  type carries no sharding and this is the identity.
   """
-  t = type(x)
-  boxed = (hasattr(t, "get_metadata") and hasattr(t, "get_value")) or hasattr(t, "replace_boxed")
-  return boxed and len(jax.tree.leaves(x)) == 1
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  spec = getattr(sharding, "spec", None)
+  if spec is None or all(s is None for s in spec):
+    return x
+  return jax.sharding.reshard(x, jax.sharding.PartitionSpec())
 
 
-def _strip_boxes(tree: Any) -> Any:
-  """``tree`` with every metadata box replaced by the one array it holds."""
-  return jax.tree.map(lambda x: jax.tree.leaves(x)[0] if _is_box(x) else x, tree, is_leaf=_is_box)
+def _pack(leaves: list[jax.Array], dtype: Any) -> jax.Array:
+  """Per-block arrays of all leaves as one flat vector (replicated, see :func:`_replicated`).
+
+  The capture works on such vectors: the per-block arithmetic between and after the two
+  passes over the gradients is then a few vector operations rather than a few per leaf
+  (measured on GPT-2 124M, 148 leaves: 1,633 -> 898 fusions in the compiled sgd_sai step;
+  with the two variadic passes, compile CPU time 14.7 s -> 8.9 s).
+  """
+  return jnp.concatenate([jnp.ravel(_replicated(x)).astype(dtype) for x in leaves])
 
 
-def _capture(updates: Any, state: ScaleByGsnrState, axes: Any, eps: float,
-             normalize: bool) -> ScaleByGsnrState:
-  """Captures the g-SNR of every block not yet captured whose gradient is usable."""
-  g_leaves, treedef = jax.tree.flatten(updates)
-  captured = treedef.flatten_up_to(state.captured)
-  values = treedef.flatten_up_to(state.gsnr)
-  new_captured, new_values, batch_maxima = [], [], []
-  for g, c, v, a in zip(g_leaves, captured, values, treedef.flatten_up_to(axes), strict=True):
-    if _gsnr.is_trainable_leaf(g):
-      capturable, value = _gsnr.leaf_capture_stats(g, a, eps)
-      new = ~c & capturable
-      v = jnp.where(new, value.astype(v.dtype), v)
-      c = c | new
-      batch_maxima.append(jnp.max(jnp.where(new, v, 0), initial=0).astype(state.normalizer.dtype))
-    new_captured.append(c)
-    new_values.append(v)
+def _unpack(flat: jax.Array, like: list[Any]) -> list[jax.Array]:
+  """Inverse of :func:`_pack`: slices of ``flat`` with the shapes and dtypes of ``like``."""
+  out, offset = [], 0
+  for x in like:
+    size = math.prod(x.shape)
+    out.append(flat[offset:offset + size].reshape(x.shape).astype(x.dtype))
+    offset += size
+  return out
 
-  normalizer = state.normalizer
-  if normalize and batch_maxima:
-    # The max is taken once: over the blocks captured at the first step where
-    # any block is captured. Blocks captured later reuse the stored value.
-    normalizer = jnp.where(normalizer > 0, normalizer, jnp.max(jnp.stack(batch_maxima)))
-  return ScaleByGsnrState(
-      captured=treedef.unflatten(new_captured),
-      gsnr=treedef.unflatten(new_values),
-      normalizer=normalizer,
-  )
+
+def _capture_pending(grads: list[jax.Array], axes: list[Any], values: jax.Array,
+                     normalizer: jax.Array, eps: float,
+                     normalize: bool) -> tuple[jax.Array, jax.Array]:
+  """The paper's capture: every block not captured yet takes this gradient's g-SNR.
+
+  ``values`` holds every block's g-SNR, packed (:func:`_pack`), 0 for blocks not
+  captured yet. A block is captured when its gradient is usable (finite, not all zero);
+  otherwise it keeps 0 and is tried again at the next step. Two passes over each
+  gradient (:mod:`optax_sai._gsnr`), the rest on packed vectors. The normaliser is the
+  largest g-SNR of the first capturing step: while it is 0 no block has been captured,
+  so the maximum over all values then is the maximum over the blocks captured now.
+  """
+  dtype = values.dtype
+  like = [jax.ShapeDtypeStruct(_gsnr.block_shape(g.shape, a), dtype)
+          for g, a in zip(grads, axes, strict=True)]
+  n = jnp.concatenate([jnp.full(math.prod(x.shape), _gsnr.block_size(g.shape, a), dtype)
+                       for x, g, a in zip(like, grads, axes, strict=True)])
+  first = [_gsnr.block_peak_and_sum(g, a) for g, a in zip(grads, axes, strict=True)]
+  usable, inv, shift = _gsnr.usable_scale_and_shift(
+      _pack([p for p, _ in first], dtype), _pack([t for _, t in first], dtype), n)
+  second = [_gsnr.block_centred_sums(g, a, i, s) for g, a, i, s in
+            zip(grads, axes, _unpack(inv, like), _unpack(shift, like), strict=True)]
+  snr = _gsnr.gsnr_from_sums(_pack([s for s, _ in second], dtype),
+                             _pack([s for _, s in second], dtype), inv, shift, n, eps)
+  # Positive whenever usable (a g-SNR that underflows is stored as the smallest normal
+  # number), so that ``gsnr > 0`` stays the capture flag.
+  fresh = jnp.where(usable, jnp.maximum(snr, jnp.finfo(dtype).tiny), 0)
+  values = jnp.where(values > 0, values, fresh)
+  if normalize:
+    normalizer = jnp.where(normalizer > 0, normalizer, jnp.max(values).astype(normalizer.dtype))
+  return values, normalizer
+
+
+def _capture_once(grads: list[jax.Array], axes: list[Any], values: list[jax.Array],
+                  normalizer: jax.Array, eps: float,
+                  normalize: bool) -> tuple[list[jax.Array], jax.Array]:
+  """``lax.cond(every block captured, identity, capture the pending blocks)``.
+
+  After the first step the identity branch runs: no reduction over gradient entries.
+  The per-block values cross the ``cond`` packed into one flat vector (:func:`_pack`),
+  not as a scalar per leaf: XLA then carries one small buffer through the steady branch
+  instead of one per leaf, which on GPT-2 124M's 148 leaves was most of the steady step's
+  cost beyond the elementwise update.
+  """
+  if not values:
+    return values, normalizer
+  packed = _pack(values, jnp.result_type(*values))
+  packed, normalizer = jax.lax.cond(
+      jnp.all(packed > 0), lambda v, norm: (v, norm),
+      lambda v, norm: _capture_pending(grads, axes, v, norm, eps, normalize),
+      packed, normalizer)
+  return _unpack(packed, values), normalizer
 
 
 def _zero_update(g: Any) -> Any:
   """A zero update for a non-floating leaf (float0 gradients are already zero)."""
   return g if g.dtype == jax.dtypes.float0 else jnp.zeros_like(g)
-
-
-def _pack(leaves: list[jax.Array], dtype: Any) -> jax.Array:
-  return jnp.concatenate([jnp.ravel(x).astype(dtype) for x in leaves])
-
-
-def _unpack(flat: jax.Array, like: list[jax.Array]) -> list[jax.Array]:
-  out, offset = [], 0
-  for x in like:
-    out.append(flat[offset:offset + x.size].reshape(x.shape).astype(x.dtype))
-    offset += x.size
-  return out
-
-
-def _capture_once(updates: Any, state: ScaleByGsnrState, axes: Any, eps: float,
-                  normalize: bool) -> ScaleByGsnrState:
-  """Runs :func:`_capture` only while some block is not captured yet.
-
-  The per-block flags and values enter the ``lax.cond`` packed into two flat
-  vectors: the steady (identity) branch then passes on two small arrays rather
-  than two scalars per leaf, which on a tree of many leaves is most of the cost
-  of the steady step beyond the elementwise update.
-  """
-  flags, treedef = jax.tree.flatten(state.captured)
-  values = treedef.flatten_up_to(state.gsnr)
-  if not flags:
-    return state
-  value_dtype = jnp.result_type(*values)
-
-  def capture(operand):
-    packed_flags, packed_values, normalizer = operand
-    new = _capture(
-        updates,
-        ScaleByGsnrState(treedef.unflatten(_unpack(packed_flags, flags)),
-                         treedef.unflatten(_unpack(packed_values, values)), normalizer),
-        axes, eps, normalize,
-    )
-    return (_pack(treedef.flatten_up_to(new.captured), bool),
-            _pack(treedef.flatten_up_to(new.gsnr), value_dtype), new.normalizer)
-
-  packed_flags = _pack(flags, bool)
-  packed_flags, packed_values, normalizer = jax.lax.cond(
-      jnp.all(packed_flags), lambda operand: operand, capture,
-      (packed_flags, _pack(values, value_dtype), state.normalizer),
-  )
-  return ScaleByGsnrState(
-      captured=treedef.unflatten(_unpack(packed_flags, flags)),
-      gsnr=treedef.unflatten(_unpack(packed_values, values)),
-      normalizer=normalizer,
-  )
 
 
 def scale_by_gsnr(
@@ -221,61 +222,55 @@ def scale_by_gsnr(
     raise ValueError(f"eps must be >= 0, got {eps}.")
 
   def init_fn(params):
-    params = _strip_boxes(params)  # per-block stats carry no parameter sharding
+    params = _flax_compat.strip_boxes(params)  # per-block stats carry no parameter sharding
     axes = _gsnr.resolve_block_axes(block_axes, params)
 
-    def leaf_init(_, p, leaf_axes):
-      if not _gsnr.is_trainable_leaf(p):  # nothing to capture: born captured
-        return jnp.ones((), bool), jnp.zeros((), jnp.float32)
-      shape = _gsnr.block_shape(p.shape, leaf_axes)
-      return jnp.zeros(shape, bool), jnp.zeros(shape, _gsnr.stats_dtype(p.dtype))
+    def leaf_init(p, leaf_axes):
+      if not _gsnr.is_trainable_leaf(p):  # nothing to capture: a placeholder
+        return jnp.zeros((), jnp.float32)
+      return jnp.zeros(_gsnr.block_shape(p.shape, leaf_axes), _gsnr.stats_dtype(p.dtype))
 
     leaves, treedef = jax.tree.flatten(params)
-    axes_leaves = treedef.flatten_up_to(axes)
-    pairs = [leaf_init(None, p, a) for p, a in zip(leaves, axes_leaves, strict=True)]
+    values = [leaf_init(p, a) for p, a in zip(leaves, treedef.flatten_up_to(axes), strict=True)]
     # The normaliser is as wide as the widest statistic (float64 under x64).
-    widest = jnp.result_type(jnp.float32, *[v.dtype for _, v in pairs])
-    return ScaleByGsnrState(
-        captured=treedef.unflatten([c for c, _ in pairs]),
-        gsnr=treedef.unflatten([v for _, v in pairs]),
-        normalizer=jnp.asarray(0.0 if normalize else 1.0, widest),
-    )
+    widest = jnp.result_type(jnp.float32, *values)
+    return ScaleByGsnrState(gsnr=treedef.unflatten(values),
+                            normalizer=jnp.asarray(0.0 if normalize else 1.0, widest))
 
   def update_fn(updates, state, params=None):
     del params
     boxed_treedef = jax.tree.structure(updates)  # boxes hold one leaf each
-    updates = _strip_boxes(updates)
-    _check_tree_matches(updates, state.captured, "parameters")
-    axes = _gsnr.resolve_block_axes(block_axes, updates)
-    state = _capture_once(updates, state, axes, eps, normalize)
+    updates = _flax_compat.strip_boxes(updates)
+    _check_tree_matches(updates, state.gsnr, "parameters")
+    g_leaves, treedef = jax.tree.flatten(updates)
+    axes = treedef.flatten_up_to(_gsnr.resolve_block_axes(block_axes, updates))
+    values = treedef.flatten_up_to(state.gsnr)
+    live = [i for i, g in enumerate(g_leaves) if _gsnr.is_trainable_leaf(g)]
+    captured, normalizer = _capture_once(
+        [g_leaves[i] for i in live], [axes[i] for i in live], [values[i] for i in live],
+        state.normalizer, eps, normalize)
+    for i, v in zip(live, captured, strict=True):
+      values[i] = v
 
-    def scale_leaf(_, g, leaf_axes, captured, value):
+    def scale_leaf(g, leaf_axes, value):
       if not _gsnr.is_trainable_leaf(g):
         return _zero_update(g)
-      norm = state.normalizer.astype(value.dtype)
-      scale = jnp.where(captured, value / jnp.where(norm > 0, norm, 1), 0)
+      # Blocks not captured yet hold 0, so their scale is 0.
+      norm = normalizer.astype(value.dtype)
+      scale = value / jnp.where(norm > 0, norm, 1)
       scale = jnp.expand_dims(scale, [i for i in range(g.ndim) if i not in leaf_axes])
       return (g * scale).astype(g.dtype)
 
-    g_leaves, treedef = jax.tree.flatten(updates)
-    out = [
-        scale_leaf(None, g, a, c, v)
-        for g, a, c, v in zip(
-            g_leaves,
-            treedef.flatten_up_to(axes),
-            treedef.flatten_up_to(state.captured),
-            treedef.flatten_up_to(state.gsnr),
-            strict=True,
-        )
-    ]
-    return boxed_treedef.unflatten(out), state
+    out = [scale_leaf(g, a, v) for g, a, v in zip(g_leaves, axes, values, strict=True)]
+    new_state = ScaleByGsnrState(gsnr=treedef.unflatten(values), normalizer=normalizer)
+    return boxed_treedef.unflatten(out), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
 def sai_momentum(
-    momentum: float | jax.Array = 0.9,
-    mu_dtype: Any | None = None,
+    momentum: jax.typing.ArrayLike = 0.9,
+    mu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformation:
   """The momentum of SGD-SaI: an EMA with dampening whose buffer starts at g_1.
 
@@ -371,17 +366,7 @@ def find_gsnr_state(opt_state: Any) -> ScaleByGsnrState:
     paths = [jax.tree_util.keystr(p) for p, _ in found]
     raise ValueError(f"Several ScaleByGsnrStates found, at {paths}; pick one by path.")
   state = found[0][1]
-  return jax.tree.map(_unwrap, state, is_leaf=_is_variable)
-
-
-def _is_variable(x: Any) -> bool:
-  return hasattr(x, "get_value") or type(x).__name__ in {"OptVariable", "OptArray"}
-
-
-def _unwrap(x: Any) -> Any:
-  if hasattr(x, "get_value"):
-    return x.get_value()
-  return getattr(x, "value", x)
+  return jax.tree.map(_flax_compat.unwrap, state, is_leaf=_flax_compat.is_variable)
 
 
 def gsnr_scales(opt_state: Any) -> Any:
@@ -407,9 +392,5 @@ def gsnr_scales(opt_state: Any) -> Any:
   """
   state = find_gsnr_state(opt_state)
   norm = state.normalizer
-  return jax.tree.map(
-      lambda c, v: jnp.where(c & (norm > 0), v / jnp.where(norm > 0, norm, 1), 0).astype(v.dtype),
-      state.captured,
-      state.gsnr,
-  )
-
+  # Blocks not captured yet hold 0 (and while the normaliser is 0, every block does).
+  return jax.tree.map(lambda v: (v / jnp.where(norm > 0, norm, 1)).astype(v.dtype), state.gsnr)

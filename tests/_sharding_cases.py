@@ -10,6 +10,7 @@ module so that a failure names its case.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import traceback
@@ -147,8 +148,7 @@ def _equivalence(mesh, param_specs, batch_spec):
           for x, s in zip(jax.tree.leaves(sh_s), jax.tree.leaves(expected), strict=True)),
       "mu_specs": {k: _spec(v) for k, v in mu.items()},
       "param_specs": {k: _spec(v) for k, v in sh_p.items()},
-      "gsnr_specs": sorted({_spec(v) for v in jax.tree.leaves(gs.gsnr)}
-                           | {_spec(v) for v in jax.tree.leaves(gs.captured)}),
+      "gsnr_specs": sorted({_spec(v) for v in jax.tree.leaves(gs.gsnr)}),
       "scalar_specs": sorted({_spec(gs.normalizer), _spec(sh_s[1].count)}),
       "stack_gsnr_shape": list(gs.gsnr["stack"].shape),
   }
@@ -216,10 +216,14 @@ def case_hlo():
     txt = jax.jit(_step_fn(t)).lower(p2, s2, b2).compile().as_text()
     c, cd, st, cap = _split_hlo(txt)
     full[name] = {"steady": _collectives(c, st), "capture": _collectives(c, cap - st)}
+  # Output element counts of the capture's collectives (a gathered gradient would be big).
+  capture_sizes = [math.prod(c.shapes[i.name][1]) for c, i, _ in
+                   hlo_utils.ops(comps, capture - steady, COLLECTIVES) if i.name in c.shapes]
   return {
       "n_conditionals": len(conds),
       "steady": _collectives(comps, steady),
       "capture_only": _collectives(comps, capture - steady),
+      "capture_largest_collective": max(capture_sizes, default=0),
       "full_step": full,
   }
 
@@ -375,6 +379,115 @@ def case_linen():
           a.sharding.is_equivalent_to(b, a.ndim)
           for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(helper), strict=True)),
   }
+
+
+# ---------------------------------------------------------------- the sharding matrix
+
+# How the stacked leaf (4 layers x 16 x 4) is laid out on the (4, 2) mesh ('x', 'y'). Specs
+# name every dimension, as jit's outputs do, so that a step's outputs have the inputs' types.
+LAYOUTS = {"stacked": P("x", None, None), "inner": P(None, "y", None),
+           "both": P("x", "y", None), "replicated": P(None, None, None)}
+MATRIX_STEPS = 3
+
+
+def _matrix_params():
+  k = jax.random.split(jax.random.key(7), 3)
+  return {"stack": jax.random.normal(k[0], (4, 16, 4)), "w": jax.random.normal(k[1], (16, 8)),
+          "b": jnp.ones((8,))}
+
+
+def _matrix_grads():
+  """Gradients for each step; layer 1 of the stack is all zero at step 1 (captured late)."""
+  out = []
+  for t in range(MATRIX_STEPS):
+    k = jax.random.split(jax.random.key(100 + t), 3)
+    g = {"stack": jax.random.normal(k[0], (4, 16, 4)) * jnp.arange(1.0, 5.0)[:, None, None]
+         + 0.3, "w": jax.random.normal(k[1], (16, 8)) + 0.1,
+         "b": jax.random.normal(k[2], (8,))}
+    if t == 0:
+      g["stack"] = g["stack"].at[1].set(0.0)
+    out.append(g)
+  return out
+
+
+def _matrix_tx(block_axes, normalize):
+  return optax_sai.sgd_sai(0.05, momentum=0.9, weight_decay=1e-2, normalize=normalize,
+                           block_axes={"stack": 0, "w": None, "b": None} if block_axes else None)
+
+
+def _opt_step(tx):
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+  return step
+
+
+def _matrix_cell(axis_type, layout, block_axes, normalize, reference):
+  mesh = jax.make_mesh((4, 2), ("x", "y"), axis_types=(axis_type,) * 2)
+  specs = {"stack": LAYOUTS[layout], "w": P("y", None), "b": P(None)}
+  shardings = {k: NamedSharding(mesh, s) for k, s in specs.items()}
+  tx = _matrix_tx(block_axes, normalize)
+  params = jax.device_put(_matrix_params(), shardings)
+  grads = [jax.device_put(g, shardings) for g in _matrix_grads()]
+  expected = optax_sai.state_shardings(tx, params, shardings)
+  explicit = axis_type == jax.sharding.AxisType.Explicit
+  with jax.set_mesh(mesh) if explicit else _nullcontext():
+    if explicit:  # the types carry the shardings: plain jit, plain init
+      state = jax.jit(tx.init)(params)
+      step = jax.jit(_opt_step(tx))
+    else:  # auto axes: the production form, shardings pinned on both sides
+      state = optax_sai.init_sharded(tx, params)
+      step = jax.jit(_opt_step(tx), in_shardings=(shardings, expected, shardings),
+                     out_shardings=(shardings, expected))
+    init_follows = _follows(state, expected)
+    for g in grads:
+      params, state = step(params, state, g)
+  ref_params, ref_state = reference
+  dp = _diff(params, ref_params)
+  ds = _diff(optax_sai.gsnr_scales(state), optax_sai.gsnr_scales(ref_state))
+  return {"param_abs": dp[0], "scale_rel": ds[1], "init_follows_rule": init_follows,
+          "state_follows_rule": _follows(state, expected),
+          "mu_like_params": all(state[1].mu[k].sharding.is_equivalent_to(shardings[k], 3)
+                                for k in shardings),
+          "gsnr_replicated": all(x.sharding.is_fully_replicated for x in
+                                 jax.tree.leaves(optax_sai.find_gsnr_state(state))),
+          "compilations": step._cache_size(),
+          "stack_scales": np.asarray(optax_sai.gsnr_scales(state)["stack"]).tolist()}
+
+
+def _follows(state, expected):
+  return all(x.sharding.is_equivalent_to(s, x.ndim)
+             for x, s in zip(jax.tree.leaves(state), jax.tree.leaves(expected), strict=True))
+
+
+class _nullcontext:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+
+def case_matrix():
+  """Explicit and auto axes x 4 layouts of the stacked leaf x block_axes x normalize."""
+  dev0 = jax.devices()[0]
+  out = {}
+  for block_axes in (True, False):
+    for normalize in (True, False):
+      tx = _matrix_tx(block_axes, normalize)
+      p = jax.device_put(_matrix_params(), dev0)
+      s = tx.init(p)
+      step = jax.jit(_opt_step(tx))
+      for g in _matrix_grads():
+        p, s = step(p, s, jax.device_put(g, dev0))
+      for axis_type in (jax.sharding.AxisType.Explicit, jax.sharding.AxisType.Auto):
+        for layout in LAYOUTS:
+          name = f"{axis_type.name.lower()}/{layout}/block_axes={block_axes}/normalize={normalize}"
+          try:
+            out[name] = _matrix_cell(axis_type, layout, block_axes, normalize, (p, s))
+          except Exception:  # reported per cell, so one failure does not hide the others
+            out[name] = {"error": traceback.format_exc()}
+  return out
 
 
 def main(names):

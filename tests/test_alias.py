@@ -1,5 +1,9 @@
 """sgd_sai: exactness against the SPEC vectors and a NumPy reference, and its ecosystem."""
 
+import inspect
+import typing
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,7 +148,7 @@ def test_equals_explicit_chain(normalize):
     params, grads, cast = random_problem(np.random.default_rng(seed), jnp.float32, 3)
     hp = tuple(jnp.asarray(x, jnp.float32) for x in (lr, momentum, wd))
     for u1, u2 in both(hp, cast(params), [cast(g) for g in grads]):
-      jax.tree.map(np.testing.assert_array_equal, u1, u2)
+      chex.assert_trees_all_equal(u1, u2)
 
   check()
 
@@ -323,3 +327,34 @@ class TestEcosystem:
     for g in grads[10:]:
       p, s = step(p, s, g)
     jax.tree.map(np.testing.assert_array_equal, p, uninterrupted)
+
+
+class TestSignatures:
+  """Public signatures are introspectable (no string annotations), as optax's battery needs."""
+
+  def test_learning_rate_is_scalar_or_schedule(self):
+    # The check optax's own test battery makes before testing schedules.
+    hints = typing.get_type_hints(optax_sai.sgd_sai)
+    assert hints["learning_rate"] is optax.ScalarOrSchedule
+    assert hints["momentum"] is jax.typing.ArrayLike
+    assert hints["mu_dtype"] == jax.typing.DTypeLike | None
+    assert hints["return"] is optax.GradientTransformation
+
+  @pytest.mark.parametrize("name", optax_sai.__all__)
+  def test_every_public_callable_has_real_annotations(self, name):
+    obj = getattr(optax_sai, name)
+    hints = typing.get_type_hints(obj)  # raises on an unresolvable string annotation
+    annotations = inspect.get_annotations(obj)
+    assert not any(isinstance(a, str) for a in annotations.values()), annotations
+    if inspect.isfunction(obj):
+      params = inspect.signature(obj).parameters
+      assert set(params) <= set(hints), f"unannotated: {set(params) - set(hints)}"
+      assert "return" in hints
+
+  def test_schedule_accepted_where_annotated(self):
+    schedule = optax.linear_schedule(1e-2, 0.0, 10)
+    tx = optax_sai.sgd_sai(schedule)
+    params = {"w": jnp.ones((3, 2))}
+    g = {"w": jnp.arange(6.0).reshape(3, 2)}
+    u, _ = tx.update(g, tx.init(params), params)
+    assert np.all(np.isfinite(np.asarray(u["w"])))

@@ -1,5 +1,6 @@
 """scale_by_gsnr and sai_momentum: capture, edge cases, dtypes, one-shot steady step."""
 
+import chex
 import hlo_utils
 import jax
 import jax.numpy as jnp
@@ -41,10 +42,9 @@ class TestScaleByGsnr:
     g2 = jax.tree.map(lambda p: jnp.asarray(rng.normal(3.0, 0.1, size=p.shape), jnp.float32),
                       params)
     (u1, u2), state = run(tx, [g1, g2], params)
-    for k in params:
-      s = np_gsnr(np.asarray(g1[k]))
-      np.testing.assert_allclose(u1[k], np.asarray(g1[k]) * s, rtol=1e-5)
-      np.testing.assert_allclose(u2[k], np.asarray(g2[k]) * s, rtol=1e-5)
+    s = {k: np_gsnr(np.asarray(g1[k])) for k in params}
+    chex.assert_trees_all_close(u1, {k: np.asarray(g1[k]) * s[k] for k in params}, rtol=1e-5)
+    chex.assert_trees_all_close(u2, {k: np.asarray(g2[k]) * s[k] for k in params}, rtol=1e-5)
 
   def test_zero_first_gradient_captured_later_with_stored_normaliser(self):
     params = {"head": G22, "body": G3}
@@ -185,6 +185,29 @@ def _steady_hlo(tx, params):
     return optax.apply_updates(p, u), s
   state = tx.init(params)
   return jax.jit(step, donate_argnums=(0, 1)).lower(params, state, params).compile().as_text()
+
+
+def test_capture_and_steady_steps_share_one_trace():
+  """Capture and steady steps are one program: a jitted step traces once, however many
+  steps run and whichever blocks are captured late (the state keeps its types)."""
+  params = {"w": jnp.ones((8, 4)), "stack": jnp.ones((3, 4, 2))}
+  tx = optax_sai.sgd_sai(0.1, block_axes={"w": None, "stack": 0})
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  state = tx.init(params)
+  p = params
+  for t in range(4):
+    g = {"w": jnp.full((8, 4), 0.1) * jnp.arange(32.0).reshape(8, 4),
+         "stack": jnp.ones((3, 4, 2)).at[1].set(0.0 if t < 2 else 1.0) * jnp.arange(8.0).reshape(
+             4, 2)}
+    p, state = step(p, state, g)
+  captured = optax_sai.find_gsnr_state(state).captured
+  assert bool(captured["w"]) and list(np.asarray(captured["stack"])) == [True, True, True]
 
 
 def test_steady_step_has_no_reductions_over_gradient_entries():

@@ -2,6 +2,7 @@
 
 ``config``: the training fields both examples share; ``optim``: optimizers, schedules
 and weight-decay masks; ``mesh``: the device mesh and FSDP shardings; ``training``: the
-jitted steps and the training loop; ``checkpoint``: orbax checkpoints; ``metrics``:
+jitted steps, the training loop and the examples'
+``train()`` / ``main()``; ``layers``: dropout; ``checkpoint``: orbax checkpoints; ``metrics``:
 ``metrics.jsonl``, ``gsnr.json`` and ``curves.png``; ``cli``: the shared command line.
 """

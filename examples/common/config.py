@@ -1,19 +1,42 @@
-"""The training fields every example shares (a frozen dataclass, overridden with ``replace``)."""
+"""The training fields every example shares, and the one way to override any config field.
+
+A config is a frozen dataclass (``TrainConfig`` extended by each example with its model and
+data fields). Every field can be set from the command line or from Python through one path,
+:func:`apply_overrides`, which checks the key against the dataclass's fields and parses the
+value according to the field's type::
+
+    cfg = apply_overrides(get_config("tiny"), ["learning_rate=3e-3", "clip_norm=none",
+                                               "learning_rates.adamw=1e-3"])
+
+Per-optimizer defaults are plain data: ``learning_rates`` and ``weight_decays`` map an
+optimizer name to the value used when ``learning_rate`` / ``weight_decay`` are left unset.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from flax.core import FrozenDict
+
 OPTIMIZERS = ("sgd_sai", "adamw", "sgdm", "adam", "lion", "adafactor")
+
+# Fallbacks when a config's tables have no entry for the chosen optimizer.
+_FALLBACK_LR = 1e-3
+_FALLBACK_WD = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Optimisation and bookkeeping fields; each example's config extends it with its model.
 
-  ``learning_rate`` / ``weight_decay`` left at ``None`` take the per-optimizer defaults of
-  the example (``optimizer_defaults``), so ``--optimizer adamw`` gets an AdamW learning rate.
+  ``learning_rate`` / ``weight_decay`` left at ``None`` take the example's per-optimizer
+  defaults (``learning_rates[optimizer]``, ``weight_decays[optimizer]``), so
+  ``--optimizer adamw`` gets an AdamW learning rate.
   """
 
   name: str = "custom"
@@ -25,11 +48,13 @@ class TrainConfig:
   warmup_steps: int = 20
   decay_steps: int | None = None  # cosine horizon; None = ``steps``
   min_lr_ratio: float = 0.1  # the cosine ends at ``min_lr_ratio * learning_rate``
-  clip_norm: float | None = 1.0  # global-norm gradient clipping; None = off
+  clip_norm: float | None = 1.0  # global-norm gradient clipping; None (or 0) = off
   momentum: float = 0.9  # sgd_sai, sgdm; also AdamW's and Lion's b1
   b2: float = 0.95  # AdamW's / Lion's second coefficient
   sai_normalize: bool = True  # sgd_sai: paper's max-normalised scales (False = sgd-sai 1.0.3)
-  optimizer_defaults: tuple[tuple[str, float, float], ...] = ()  # (optimizer, lr, wd)
+  # Per-optimizer defaults ({optimizer: value}); plain dicts are accepted and frozen.
+  learning_rates: Mapping[str, float] = dataclasses.field(default_factory=FrozenDict)
+  weight_decays: Mapping[str, float] = dataclasses.field(default_factory=FrozenDict)
   seed: int = 0
   log_every: int = 10
   eval_every: int = 50
@@ -38,13 +63,24 @@ class TrainConfig:
   keep_checkpoints: int = 2
   data_dir: str | None = None
 
+  def __post_init__(self):
+    # Hashable mappings: the config is a static attribute of the nnx models.
+    for f in ("learning_rates", "weight_decays"):
+      object.__setattr__(self, f, FrozenDict(getattr(self, f)))
+
+  @property
+  def optimizer_defaults(self) -> tuple[tuple[str, float, float], ...]:
+    """``(optimizer, lr, wd)`` for every optimizer with a default learning rate."""
+    return tuple((o, lr, self.weight_decays.get(o, _FALLBACK_WD))
+                 for o, lr in self.learning_rates.items())
+
   def resolved(self, optimizer: str | None = None) -> TrainConfig:
     """Returns a copy with ``optimizer`` set and its default lr / weight decay filled in."""
     optimizer = optimizer or self.optimizer
     if optimizer not in OPTIMIZERS:
       raise ValueError(f"unknown optimizer {optimizer!r}; choose from {OPTIMIZERS}")
-    table = {name: (lr, wd) for name, lr, wd in self.optimizer_defaults}
-    lr, wd = table.get(optimizer, (1e-3, 0.0))
+    lr = self.learning_rates.get(optimizer, _FALLBACK_LR)
+    wd = self.weight_decays.get(optimizer, _FALLBACK_WD)
     return dataclasses.replace(
         self,
         optimizer=optimizer,
@@ -54,5 +90,130 @@ class TrainConfig:
 
 
 def override(config: Any, **fields: Any) -> Any:
-  """``dataclasses.replace`` that ignores ``None`` values (unset command-line flags)."""
+  """``dataclasses.replace`` that ignores ``None`` values (unset keyword arguments)."""
   return dataclasses.replace(config, **{k: v for k, v in fields.items() if v is not None})
+
+
+class ConfigError(ValueError):
+  """An override names no field of the config, or its value does not fit the field's type."""
+
+
+def field_types(config_cls: type) -> dict[str, Any]:
+  """``{field name: resolved type}`` of a config dataclass (string annotations evaluated)."""
+  hints = typing.get_type_hints(config_cls)
+  return {f.name: hints[f.name] for f in dataclasses.fields(config_cls)}
+
+
+_NONE_WORDS = ("none", "null")
+_TRUE_WORDS = ("true", "yes", "on", "1")
+_FALSE_WORDS = ("false", "no", "off", "0")
+
+
+def parse_value(tp: Any, text: str, key: str = "value") -> Any:
+  """Parses command-line ``text`` as type ``tp`` (int, float, str, bool, ``X | None``).
+
+  Raises:
+    ConfigError: the text is not a value of that type.
+  """
+  origin, args = typing.get_origin(tp), typing.get_args(tp)
+  if origin in (typing.Union, types.UnionType):
+    if type(None) in args and text.strip().lower() in _NONE_WORDS:
+      return None
+    for a in args:
+      if a is not type(None):
+        try:
+          return parse_value(a, text, key)
+        except ConfigError:
+          pass
+    raise ConfigError(f"{key}: cannot read {text!r} as {_type_name(tp)}")
+  if tp is bool:
+    word = text.strip().lower()
+    if word in _TRUE_WORDS:
+      return True
+    if word in _FALSE_WORDS:
+      return False
+    raise ConfigError(f"{key}: expected a bool (true/false), got {text!r}")
+  if tp is int:
+    try:
+      return int(text)
+    except ValueError:
+      # Integers written as 1e4 or 2_000 are fine when they are whole numbers.
+      try:
+        value = float(text)
+      except ValueError:
+        value = float("nan")
+      if value == value and value == int(value):
+        return int(value)
+      raise ConfigError(f"{key}: expected an int, got {text!r}") from None
+  if tp is float:
+    try:
+      return float(text)
+    except ValueError:
+      raise ConfigError(f"{key}: expected a float, got {text!r}") from None
+  if tp is str:
+    return text
+  raise ConfigError(f"{key}: fields of type {_type_name(tp)} cannot be set from text")
+
+
+def _type_name(tp: Any) -> str:
+  return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _unknown(key: str, choices: Iterable[str], what: str) -> ConfigError:
+  choices = sorted(choices)
+  close = difflib.get_close_matches(key, choices, n=3)
+  hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(choices)}"
+  return ConfigError(f"unknown {what} {key!r}{hint}")
+
+
+def apply_overrides(config: Any, assignments: Iterable[str | tuple[str, str]]) -> Any:
+  """Applies ``key=value`` overrides to a frozen config dataclass, in order.
+
+  ``key`` is a field name (``learning_rate``; dashes are read as underscores) or, for a
+  mapping field, ``field.entry`` (``learning_rates.adamw``). Values are parsed with the
+  field's type: ``none``/``null`` for optional fields, ``true``/``false`` for booleans.
+
+  Args:
+    config: a config dataclass instance (``TrainConfig`` or a subclass).
+    assignments: ``"key=value"`` strings or ``(key, value_text)`` pairs.
+
+  Returns:
+    A new config with the fields replaced.
+
+  Raises:
+    ConfigError: unknown key, or a value that does not parse as the field's type.
+
+  Example:
+    >>> from examples.gpt2.configs import get_config
+    >>> cfg = apply_overrides(get_config("tiny"), ["steps=50", "learning_rates.adamw=1e-3"])
+    >>> cfg.steps, cfg.learning_rates["adamw"]
+    (50, 0.001)
+  """
+  types_ = field_types(type(config))
+  changes: dict[str, Any] = {}
+  for item in assignments:
+    if isinstance(item, str):
+      key, sep, text = item.partition("=")
+      if not sep:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    else:
+      key, text = item
+    key = key.strip().replace("-", "_")
+    name, _, entry = key.partition(".")
+    if name not in types_:
+      raise _unknown(name, types_, "config field")
+    tp = types_[name]
+    if typing.get_origin(tp) in (Mapping, dict) or tp in (Mapping, dict):
+      if not entry:
+        raise ConfigError(f"{name} is a table: set one entry with {name}.<key>=<value>")
+      key_tp, value_tp = typing.get_args(tp) or (str, Any)
+      current = dict(changes.get(name, getattr(config, name)))
+      if name in ("learning_rates", "weight_decays") and entry not in OPTIMIZERS:
+        raise _unknown(entry, OPTIMIZERS, "optimizer")
+      current[parse_value(key_tp, entry, key)] = parse_value(value_tp, text, key)
+      changes[name] = current
+    elif entry:
+      raise ConfigError(f"{name} is not a table; set it with {name}=<value>")
+    else:
+      changes[name] = parse_value(tp, text, key)
+  return dataclasses.replace(config, **changes)

@@ -8,6 +8,7 @@ embeddings, position embeddings and the class token are exempt (the nanoGPT / ti
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -140,6 +141,64 @@ def make_optimizer(
   if params is not None:
     jax.eval_shape(tx.init, params)
   return tx
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+  """One entry of :data:`REGISTRY`: an optimizer as the studies and plots name it.
+
+  Attributes:
+    key: the registry key (``sgd_sai_unnorm`` is ``sgd_sai`` with ``normalize=False``).
+    optimizer: the :func:`make_optimizer` name.
+    label: a readable name for tables and plots.
+    sai_normalize: sgd_sai only: the paper's max-normalised scales.
+    defaults_from: the optimizer whose example default lr / weight decay it takes when the
+      example's config has none of its own (``adam`` starts from AdamW's).
+  """
+
+  key: str
+  optimizer: str
+  label: str
+  sai_normalize: bool = True
+  defaults_from: str | None = None
+
+
+REGISTRY: dict[str, OptimizerSpec] = {
+    s.key: s for s in (
+        OptimizerSpec("sgd_sai", "sgd_sai", "SGD-SaI (normalize=True)"),
+        OptimizerSpec("sgd_sai_unnorm", "sgd_sai", "SGD-SaI (normalize=False)",
+                      sai_normalize=False, defaults_from="sgd_sai"),
+        OptimizerSpec("adamw", "adamw", "AdamW"),
+        OptimizerSpec("sgdm", "sgdm", "SGD-momentum"),
+        OptimizerSpec("adam", "adam", "Adam (L2)", defaults_from="adamw"),
+        OptimizerSpec("lion", "lion", "Lion"),
+        OptimizerSpec("adafactor", "adafactor", "Adafactor"),
+    )
+}
+
+
+def registry_defaults(optimizer_defaults: Sequence[tuple[str, float, float]],
+                      key: str) -> tuple[float, float]:
+  """The example's default ``(learning_rate, weight_decay)`` of registry entry ``key``.
+
+  Args:
+    optimizer_defaults: an example config's ``optimizer_defaults`` table.
+    key: a :data:`REGISTRY` key. ``sgd_sai_unnorm`` returns sgd_sai's (``normalize=True``)
+      values; divide the learning rate by the g-SNR normaliser to translate it.
+
+  Returns:
+    ``(learning_rate, weight_decay)``.
+
+  Example::
+
+    registry_defaults(get_config("tiny").optimizer_defaults, "adam")  # AdamW's
+  """
+  spec = REGISTRY[key]
+  table = {name: (lr, wd) for name, lr, wd in optimizer_defaults}
+  for name in (spec.optimizer, spec.defaults_from):
+    if name in table:
+      return table[name]
+  raise KeyError(f"the example config has no default learning rate for {key!r}")
 
 
 def stacked_axes(prefix: str) -> BlockAxesFn:

@@ -15,12 +15,13 @@ Determinism: a batch is a pure function of ``(seed, step)`` and dropout keys are
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import dataclasses
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +52,22 @@ class Task:
     loss_fn: ``(model, batch, dropout_key or None) -> scalar`` mean training loss.
     eval_fn: ``(model, batch) -> {"loss": sum, "correct": sum, "count": n}`` over a batch.
     train_batch: ``step -> batch`` of host arrays; a pure function of (seed, step).
+      With ``batch_rows`` it also takes ``rows=`` (global row indices) and returns only
+      those rows of the batch.
     eval_batches: ``() -> iterable of batches``, the same every time.
     unit: what throughput counts (``"tokens"`` or ``"images"``).
     units_per_step: how many of them one training step consumes.
     block_axes: sgd_sai's ``block_axes`` (stacked layers), or ``None``.
     dropout: whether the loss wants a dropout key.
+    batch_rows: ``train_batch`` takes ``rows=``, so each process builds only the rows of
+      the global batch its devices hold (else each builds the whole batch and keeps those).
+    trainable: an ``nnx`` filter of the variables trained (default ``nnx.Param``); the
+      others (e.g. frozen base weights under LoRA adapters) stay as built by
+      ``make_model``, get no optimizer state and are not checkpointed.
+    decay_mask: which trainable leaves weight decay applies to (default: kernels,
+      :func:`optim.decay_mask`).
+    wrap_optimizer: ``tx -> tx`` applied to the optimizer after gradient clipping (an
+      example's instrumentation or a labelled ablation); ``None``: none.
   """
 
   name: str
@@ -69,6 +81,11 @@ class Task:
   units_per_step: int = 1
   block_axes: optim.BlockAxesFn | None = None
   dropout: bool = False
+  batch_rows: bool = False
+  trainable: Any = nnx.Param
+  decay_mask: Callable[[Any], Any] | None = None
+  wrap_optimizer: Callable[[optax.GradientTransformation], optax.GradientTransformation] | None = (
+      None)
 
 
 def abstract_params(make_model: Callable[[nnx.Rngs], nnx.Module]) -> nnx.State:
@@ -180,7 +197,7 @@ def fit(
 
   # Shapes first, then shardings, then arrays created directly in place.
   abstract_model = nnx.eval_shape(lambda: task.make_model(nnx.Rngs(cfg.seed)))
-  graphdef, abs_params, abs_rest = nnx.split(abstract_model, nnx.Param, ...)
+  graphdef, abs_params, abs_rest = nnx.split(abstract_model, task.trainable, ...)
   param_sh = mesh_lib.tree_shardings(device_mesh, abs_params)
   rest_sh = jax.tree.map(lambda _: repl, abs_rest)
 
@@ -189,8 +206,13 @@ def fit(
   )
   tx = optim.make_optimizer(
       cfg.optimizer, schedule, cfg.weight_decay, momentum=cfg.momentum, b2=cfg.b2,
-      clip_norm=cfg.clip_norm, block_axes=task.block_axes, sai_normalize=cfg.sai_normalize,
+      clip_norm=None, block_axes=task.block_axes, sai_normalize=cfg.sai_normalize,
+      **({} if task.decay_mask is None else {"mask": task.decay_mask}),
   )
+  if task.wrap_optimizer is not None:
+    tx = task.wrap_optimizer(tx)
+  if cfg.clip_norm is not None and cfg.clip_norm > 0:  # as make_optimizer(clip_norm=...)
+    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
   abs_opt = jax.eval_shape(tx.init, abs_params)
   # Momentum-like state follows its parameter; per-block scalars (g-SNR values, flags,
   # counts) are replicated, also the per-layer vectors of scanned layers.
@@ -198,10 +220,16 @@ def fit(
 
   @jax.jit
   def _init_rest():
-    return nnx.split(task.make_model(nnx.Rngs(cfg.seed)), nnx.Param, ...)[2]
+    return nnx.split(task.make_model(nnx.Rngs(cfg.seed)), task.trainable, ...)[2]
 
   rest = jax.device_put(_init_rest(), rest_sh)
   batch_sh = mesh_lib.batch_sharding(device_mesh)
+  # This process's rows of every global batch (all rows in a single-process job).
+  rows = mesh_lib.process_rows(device_mesh, cfg.batch_size) if task.batch_rows else None
+  fetch_batch = (task.train_batch if rows is None
+                 else lambda s: task.train_batch(s, rows=rows))
+  # One process writes the logs and plots; every process takes part in checkpointing.
+  primary = jax.process_index() == 0
   train_step = jax.jit(
       make_train_step(graphdef, rest, task, tx),
       in_shardings=(param_sh, opt_sh, batch_sh, repl),
@@ -213,7 +241,7 @@ def fit(
 
   ckpt = Checkpointer(workdir, cfg.keep_checkpoints) if workdir is not None else None
   start = 0
-  loss_sum = jnp.zeros((), jnp.float32)
+  loss_sum = mesh_lib.put_replicated(np.float32(0), device_mesh)
   if ckpt is not None and resume and ckpt.latest_step() is not None:
     target = {
         "params": _abstract(abs_params, param_sh),
@@ -232,12 +260,13 @@ def fit(
       )
 
     def _init_params():
-      return nnx.split(task.make_model(nnx.Rngs(cfg.seed)), nnx.Param, ...)[1]
+      return nnx.split(task.make_model(nnx.Rngs(cfg.seed)), task.trainable, ...)[1]
 
     params = jax.jit(_init_params, out_shardings=param_sh)()
     opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
 
-  writer = metrics_lib.MetricsWriter(workdir, resume_step=start) if workdir else None
+  writer = (metrics_lib.MetricsWriter(workdir, resume_step=start)
+            if workdir and primary else None)
   gsnr_table: dict[str, Any] | None = None
   if workdir is not None and cfg.optimizer != "sgd_sai" and start == 0 and end > 0:
     gsnr_table = _first_gradient_gsnr(graphdef, rest, task, params, device_mesh)
@@ -253,14 +282,15 @@ def fit(
 
   record: dict[str, Any] = {}
   last_eval: dict[str, float] = {}
-  bar = _progress(end, start, progress)
-  prefetch = _Prefetcher(task.train_batch, start, end)
+  bar = _progress(end, start, progress if primary else False)
+  prefetch = _Prefetcher(fetch_batch, start, end)
   t0 = time.perf_counter()
   t_first: float | None = None  # time after the first (compiling) step
   first_step = start
   try:
     for step in range(start, end):
-      batch = mesh_lib.shard_batch(prefetch.get(), device_mesh)
+      batch = mesh_lib.shard_batch(prefetch.get(), device_mesh, rows=rows,
+                                   batch_size=cfg.batch_size)
       params, opt_state, loss = train_step(params, opt_state, batch, jnp.int32(step))
       loss_sum = loss_sum + loss
       done = step + 1
@@ -274,7 +304,7 @@ def fit(
         since = done - (done - 1) // cfg.log_every * cfg.log_every
         record = {"step": done, "train_loss": float(loss_sum) / since,
                   "lr": float(schedule(done - 1))}
-        loss_sum = jnp.zeros((), jnp.float32)
+        loss_sum = mesh_lib.put_replicated(np.float32(0), device_mesh)
         if done % cfg.eval_every == 0 or done == cfg.steps:
           last_eval = evaluate(params)
           record.update(last_eval)
@@ -288,7 +318,8 @@ def fit(
         bar.set_postfix(loss=f"{record['train_loss']:.4f}", **{f"{task.unit}/s": f"{rate:.0f}"})
       if ckpt is not None and (done % cfg.ckpt_every == 0 or done == end):
         ckpt.save(done, {"params": params, "opt_state": opt_state,
-                         "step": jnp.int32(done), "loss_sum": loss_sum})
+                         "step": mesh_lib.put_replicated(np.int32(done), device_mesh),
+                         "loss_sum": loss_sum})
   finally:
     prefetch.close()
     bar.close()
@@ -297,7 +328,7 @@ def fit(
   jax.block_until_ready(params)
   t_end = time.perf_counter()
 
-  if workdir is not None:
+  if workdir is not None and primary:
     if cfg.optimizer == "sgd_sai":
       metrics_lib.write_gsnr(workdir, optim.gsnr_table(opt_state))
     elif gsnr_table is not None:
@@ -333,3 +364,75 @@ def _first_gradient_gsnr(graphdef, rest, task: Task, params, device_mesh) -> dic
     return jax.grad(lambda q: task.loss_fn(nnx.merge(graphdef, q, rest), b, None))(p)
 
   return optim.gradient_gsnr_table(grads(params, batch), task.block_axes)
+
+
+def train(
+    build_task: Callable[[TrainConfig, str | None], Task],
+    config: TrainConfig,
+    optimizer: str | None = None,
+    workdir: str | Path | None = None,
+    steps: int | None = None,
+    *,
+    resume: bool = False,
+    mesh: str | None = None,
+    stop_after: int | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+  """Builds an example's task from ``config`` and trains it (see :func:`fit`).
+
+  Args:
+    build_task: the example's ``(config, optimizer) -> Task``.
+    config: the example's config (unresolved: per-optimizer defaults are filled in here).
+    optimizer: overrides ``config.optimizer``.
+    workdir, resume, mesh, stop_after, progress: as in :func:`fit`.
+    steps: overrides ``config.steps``.
+
+  Returns:
+    :func:`fit`'s final metrics, with the final ``params`` and ``opt_state``.
+  """
+  if steps is not None:
+    config = dataclasses.replace(config, steps=steps)
+  return fit(build_task(config, optimizer), workdir, mesh=mesh, resume=resume,
+             stop_after=stop_after, progress=progress)
+
+
+def main(
+    argv: Sequence[str] | None,
+    *,
+    description: str,
+    configs: Sequence[str],
+    get_config: Callable[[str], TrainConfig],
+    train_fn: Callable[..., dict[str, Any]],
+    choices: Mapping[str, Sequence[str]] | None = None,
+    extra_flags: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> dict[str, Any]:
+  """An example's command line: parse, build the config, train, print the summary line.
+
+  Args:
+    argv: the arguments (``None``: ``sys.argv[1:]``).
+    description: the ``--help`` header.
+    configs: the config names (the first is the default).
+    get_config: ``name -> config``.
+    train_fn: ``(config, optimizer, workdir, *, resume, mesh, stop_after, progress, **extra)``
+      with ``extra`` the values of ``extra_flags``'s arguments.
+    choices: allowed values of some config fields (see :func:`cli.build_parser`).
+    extra_flags: adds the example's own run flags (not config fields) to the parser.
+
+  Returns:
+    ``train_fn``'s result.
+  """
+  from examples.common import cli
+
+  config_cls = type(get_config(configs[0]))
+  parser = cli.build_parser(description, configs, config_cls, choices=choices)
+  base = {a.dest for a in parser._actions}
+  if extra_flags is not None:
+    extra_flags(parser)
+  args = parser.parse_args(argv)
+  config = cli.config_from_args(args, get_config, parser)
+  extra = {a.dest: getattr(args, a.dest) for a in parser._actions
+           if a.dest not in base and hasattr(args, a.dest)}
+  result = train_fn(config, args.optimizer, args.workdir, resume=args.resume, mesh=args.mesh,
+                    stop_after=args.stop_after, progress=args.progress, **extra)
+  print(cli.summary(result))
+  return result

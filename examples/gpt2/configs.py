@@ -11,20 +11,15 @@ import dataclasses
 
 from examples.common.config import TrainConfig
 
-# (optimizer, learning rate, weight decay) defaults when --lr / --weight-decay are not given.
-_GPT2_OPTIMIZERS = (
-    ("sgd_sai", 1e-1, 1e-2),
-    ("adamw", 6e-4, 0.1),
-    ("sgdm", 1e-1, 1e-4),
-    ("lion", 1e-4, 1.0),
-    ("adafactor", 1e-2, 0.0),
+# Per-optimizer learning rate and weight decay, used when --lr / --weight-decay are not given
+# (plain config data: --set learning_rates.adamw=1e-3).
+_GPT2_OPTIMIZERS = dict(
+    learning_rates={"sgd_sai": 1e-1, "adamw": 6e-4, "sgdm": 1e-1, "lion": 1e-4, "adafactor": 1e-2},
+    weight_decays={"sgd_sai": 1e-2, "adamw": 0.1, "sgdm": 1e-4, "lion": 1.0, "adafactor": 0.0},
 )
-_TINY_OPTIMIZERS = (
-    ("sgd_sai", 5e-1, 1e-2),
-    ("adamw", 3e-3, 0.1),
-    ("sgdm", 5e-1, 1e-4),
-    ("lion", 3e-4, 1.0),
-    ("adafactor", 3e-2, 0.0),
+_TINY_OPTIMIZERS = dict(
+    learning_rates={"sgd_sai": 5e-1, "adamw": 3e-3, "sgdm": 5e-1, "lion": 3e-4, "adafactor": 3e-2},
+    weight_decays={"sgd_sai": 1e-2, "adamw": 0.1, "sgdm": 1e-4, "lion": 1.0, "adafactor": 0.0},
 )
 
 
@@ -66,13 +61,13 @@ def get_config(name: str = "tiny") -> GPTConfig:
         name="tiny", vocab_size=None, block_size=128, n_layer=4, n_head=4, n_embd=128,
         dataset="pydoc", tokenizer="byte", batch_size=16, steps=200, warmup_steps=20,
         log_every=10, eval_every=50, eval_batches=8, ckpt_every=100,
-        optimizer_defaults=_TINY_OPTIMIZERS,
+        **_TINY_OPTIMIZERS,
     )
   if name in _SIZES:
     return GPTConfig(
         name=name, **_SIZES[name], vocab_size=50257, block_size=1024, batch_size=480,
         steps=600_000, warmup_steps=2000, min_lr_ratio=0.1, clip_norm=1.0, b2=0.95,
         log_every=100, eval_every=2000, eval_batches=200, ckpt_every=2000, dtype="bfloat16",
-        optimizer_defaults=_GPT2_OPTIMIZERS,
+        **_GPT2_OPTIMIZERS,
     )
   raise ValueError(f"unknown GPT-2 config {name!r}; choose from {CONFIGS}")

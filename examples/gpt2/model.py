@@ -15,15 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from examples.common.layers import dropout
 from examples.gpt2.configs import GPTConfig
-
-
-def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-  """Inverted dropout driven by an explicit key (``None`` or rate 0: identity)."""
-  if key is None or rate == 0.0:
-    return x
-  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
 def _linear(cfg: GPTConfig, d_in: int, d_out: int, std: float, rngs: nnx.Rngs) -> nnx.Linear:
@@ -154,10 +147,10 @@ class GPT(nnx.Module):
 def stack_layers(params: nnx.State) -> dict:
   """Unrolled ``GPT`` parameters (``h/0``, ``h/1``, ...) as the ``scan_layers`` layout.
 
-  Returns a pure dict (``nnx.State.to_pure_dict`` layout) whose ``h`` leaves carry a
+  Returns a pure dict (``nnx.to_pure_dict`` layout) whose ``h`` leaves carry a
   leading layer axis; load it with ``nnx.replace_by_pure_dict``.
   """
-  pure = params.to_pure_dict() if hasattr(params, "to_pure_dict") else dict(params)
+  pure = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else dict(params)
   layers = [pure["h"][i] for i in sorted(pure["h"])]
   out = {k: v for k, v in pure.items() if k != "h"}
   out["h"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)

@@ -8,15 +8,24 @@ Tokenizers: ``gpt2`` (tiktoken's GPT-2 BPE, vocab 50257, documents separated by
 cache; set ``TIKTOKEN_CACHE_DIR`` to a pre-filled cache on offline machines), otherwise a
 byte-level fallback (vocab 256, the UTF-8 bytes); ``byte`` picks the fallback directly.
 The ``pydoc`` dataset is the English documentation text shipped with every Python
-(``pydoc_data.topics``): a real corpus (~0.47 MB) with no download.
+(``pydoc_data.topics``): a real corpus (~0.47 MB) with no download. The ``stdlib``
+dataset is the installed Python standard library's ``.py`` source (``site-packages``
+excluded; ~32 MB on CPython 3.11), always byte-level, split by file: a file goes to
+validation when the first byte of the SHA-1 of its relative path is below 13 (~5% of
+the files), so the split is deterministic for a given Python version.
+
+    python -m examples.gpt2.prepare --dataset stdlib --out data/gpt2/stdlib
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import platform
 import sys
+import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +39,41 @@ def pydoc_texts() -> list[str]:
   from pydoc_data import topics
 
   return [topics.topics[k] for k in sorted(topics.topics)]
+
+
+def stdlib_files(root: str | os.PathLike[str] | None = None) -> list[Path]:
+  """The standard library's ``.py`` files (``site-packages`` excluded), sorted by path."""
+  base = Path(root if root is not None else sysconfig.get_paths()["stdlib"])
+  return sorted(p for p in base.rglob("*.py")
+                if "site-packages" not in p.relative_to(base).parts and p.is_file())
+
+
+def stdlib_split(relpath: str) -> str:
+  """``"val"`` for ~5% of the files (SHA-1 of the relative path), else ``"train"``."""
+  return "val" if hashlib.sha1(relpath.encode()).digest()[0] < 13 else "train"
+
+
+def prepare_stdlib(out_dir: str | os.PathLike[str],
+                   root: str | os.PathLike[str] | None = None) -> dict:
+  """Writes the byte-level ``stdlib`` corpus, split by file; returns its meta."""
+  base = Path(root if root is not None else sysconfig.get_paths()["stdlib"])
+  parts: dict[str, list[bytes]] = {"train": [], "val": []}
+  for path in stdlib_files(base):
+    parts[stdlib_split(path.relative_to(base).as_posix())].append(path.read_bytes())
+  if not parts["train"] or not parts["val"]:
+    raise ValueError(f"too few .py files under {base} for a train/val split")
+  streams = {k: np.frombuffer(b"\n\n".join(v), np.uint8).astype(np.uint16)
+             for k, v in parts.items()}
+  meta = {"tokenizer": "byte", "vocab_size": 256, "dtype": "uint16",
+          "train_tokens": int(len(streams["train"])), "val_tokens": int(len(streams["val"])),
+          "train_files": len(parts["train"]), "val_files": len(parts["val"]),
+          "source": f"Python {platform.python_version()} standard library *.py ({base})"}
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  _write_atomically(out / "val.bin", streams["val"].tobytes())
+  _write_atomically(out / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
+  _write_atomically(out / "train.bin", streams["train"].tobytes())
+  return meta
 
 
 def _byte_encode(texts: Sequence[str]) -> np.ndarray:
@@ -104,12 +148,17 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   src = parser.add_mutually_exclusive_group()
   src.add_argument("--input", nargs="+", help="text files (each one document)")
-  src.add_argument("--dataset", default="pydoc", choices=["pydoc"],
-                   help="a built-in corpus (default: pydoc)")
+  src.add_argument("--dataset", default="pydoc", choices=["pydoc", "stdlib"],
+                   help="a built-in corpus (default: pydoc; stdlib is always byte-level)")
   parser.add_argument("--out", required=True, help="output folder")
   parser.add_argument("--tokenizer", default="gpt2", choices=TOKENIZERS)
   parser.add_argument("--val-fraction", type=float, default=0.1)
   args = parser.parse_args(argv)
+  if args.dataset == "stdlib" and not args.input:
+    meta = prepare_stdlib(args.out)
+    print(f"wrote {args.out}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val "
+          f"bytes from {meta['train_files']} / {meta['val_files']} files")
+    return
   if args.input:
     texts = [Path(p).read_text(encoding="utf-8") for p in args.input]
     source = ",".join(args.input)

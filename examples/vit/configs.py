@@ -11,19 +11,13 @@ import dataclasses
 
 from examples.common.config import TrainConfig
 
-_IMAGENET_OPTIMIZERS = (
-    ("sgd_sai", 1e-1, 1e-4),
-    ("adamw", 1e-3, 1e-4),
-    ("sgdm", 1e-1, 1e-4),
-    ("lion", 1e-4, 1e-3),
-    ("adafactor", 1e-2, 0.0),
+_IMAGENET_OPTIMIZERS = dict(
+    learning_rates={"sgd_sai": 1e-1, "adamw": 1e-3, "sgdm": 1e-1, "lion": 1e-4, "adafactor": 1e-2},
+    weight_decays={"sgd_sai": 1e-4, "adamw": 1e-4, "sgdm": 1e-4, "lion": 1e-3, "adafactor": 0.0},
 )
-_TINY_OPTIMIZERS = (
-    ("sgd_sai", 1.0, 1e-2),
-    ("adamw", 3e-3, 0.05),
-    ("sgdm", 3e-1, 1e-4),
-    ("lion", 3e-4, 0.5),
-    ("adafactor", 3e-2, 0.0),
+_TINY_OPTIMIZERS = dict(
+    learning_rates={"sgd_sai": 1.0, "adamw": 3e-3, "sgdm": 3e-1, "lion": 3e-4, "adafactor": 3e-2},
+    weight_decays={"sgd_sai": 1e-2, "adamw": 0.05, "sgdm": 1e-4, "lion": 0.5, "adafactor": 0.0},
 )
 
 
@@ -61,7 +55,7 @@ def get_config(name: str = "tiny") -> ViTConfig:
         name="tiny", image_size=16, patch_size=4, channels=1, num_classes=10, hidden_size=64,
         depth=4, num_heads=4, mlp_dim=128, dataset="digits", augment=False, batch_size=64,
         steps=200, warmup_steps=20, log_every=10, eval_every=50, eval_batches=0, ckpt_every=100,
-        optimizer_defaults=_TINY_OPTIMIZERS,
+        **_TINY_OPTIMIZERS,
     )
   sizes = {
       "vit-s16": dict(hidden_size=384, depth=12, num_heads=6, mlp_dim=1536),
@@ -73,6 +67,6 @@ def get_config(name: str = "tiny") -> ViTConfig:
         dataset="imagefolder", data_dir="data/imagenet", batch_size=1024, steps=112_600,
         warmup_steps=10_000, min_lr_ratio=0.0, clip_norm=1.0, log_every=100,
         eval_every=2500, eval_batches=0, ckpt_every=2500, dtype="bfloat16",
-        optimizer_defaults=_IMAGENET_OPTIMIZERS,
+        **_IMAGENET_OPTIMIZERS,
     )
   raise ValueError(f"unknown ViT config {name!r}; choose from {CONFIGS}")

@@ -13,17 +13,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from examples.common.layers import dropout
 from examples.vit.configs import ViTConfig
 
 _xavier = nnx.initializers.xavier_uniform()
 
-
-def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-  """Inverted dropout driven by an explicit key (``None`` or rate 0: identity)."""
-  if key is None or rate == 0.0:
-    return x
-  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
 class EncoderBlock(nnx.Module):

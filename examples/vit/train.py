@@ -10,7 +10,6 @@ In Python: ``train(get_config("tiny"), optimizer="adamw", workdir=..., steps=100
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from examples.common import cli, training
-from examples.common.config import override
+from examples.common import training
 from examples.vit import configs
 from examples.vit import data as data_lib
 from examples.vit.configs import ViTConfig
@@ -86,39 +84,23 @@ def train(
     optimizer: str | None = None,
     workdir: str | Path | None = None,
     steps: int | None = None,
-    *,
-    resume: bool = False,
-    mesh: str | None = None,
-    stop_after: int | None = None,
-    progress: bool | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
   """Trains and returns the final metrics (``val_loss``, ``val_accuracy``, ``train_loss``,
-  ``images_per_s``, ``wall_time_s``, ...; plus the final ``params`` and ``opt_state``)."""
-  if steps is not None:
-    config = dataclasses.replace(config, steps=steps)
-  task = build_task(config, optimizer)
-  return training.fit(task, workdir, mesh=mesh, resume=resume, stop_after=stop_after,
-                      progress=progress)
+  ``images_per_s``, ``wall_time_s``, ...; plus the final ``params`` and ``opt_state``).
+
+  Keyword arguments (``resume``, ``mesh``, ``stop_after``, ``progress``) are those of
+  :func:`examples.common.training.fit`.
+  """
+  return training.train(build_task, config, optimizer, workdir, steps, **kwargs)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = cli.base_parser(__doc__.split("\n\n")[0], configs.CONFIGS)
-  parser.add_argument("--dataset", choices=["digits", "imagefolder"])
-  parser.add_argument("--image-size", type=int)
-  parser.add_argument("--dropout", type=float)
-  parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype")
-  parser.add_argument("--zero-head", action=argparse.BooleanOptionalAction, default=None,
-                      help="zero-initialise the classifier head (default: on)")
-  args = parser.parse_args(argv)
-  config = override(
-      configs.get_config(args.config), **cli.overrides(args), dataset=args.dataset,
-      image_size=args.image_size, dropout=args.dropout, dtype=args.dtype,
-      zero_head=args.zero_head,
-  )
-  result = train(config, args.optimizer, args.workdir, resume=args.resume, mesh=args.mesh,
-                 stop_after=args.stop_after, progress=args.progress)
-  print(cli.summary(result))
-  return result
+  """The command line (``--help`` lists the flags; any config field: ``--set key=value``)."""
+  return training.main(argv, description=__doc__.split("\n\n")[0], configs=configs.CONFIGS,
+                       get_config=configs.get_config, train_fn=train,
+                       choices={"dtype": ("float32", "bfloat16"),
+                                "dataset": ("digits", "imagefolder")})
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from benchmarks import _common as C
-from benchmarks import memory, step_time
+from benchmarks import compile_time, memory, step_time
 
 TINY = C.synthetic_params(widths=(16, 48, 16), depth=1)
 
@@ -57,7 +57,7 @@ def test_state_fractions_are_as_derived():
   leaves = jax.tree.leaves(TINY)
   p = sum(math.prod(x.shape) for x in leaves) * 4
   scalars = memory.sai_block_scalar_bytes(len(leaves))
-  assert scalars == len(leaves) * 5 + 8
+  assert scalars == len(leaves) * 4 + 8  # a float32 g-SNR per block, normaliser, count
   rows = memory.state_rows(["synthetic"], ["sgd_sai", "sgd_sai_bf16", "adamw"],
                            {"synthetic": TINY})
   by = {r.optimizer: r.state_bytes for r in rows}
@@ -115,6 +115,29 @@ def test_memory_cli_reports_every_optimizer(tmp_path):
     assert f"| {C.OPTIMIZER_LABELS[name]} |" in text
   assert {c["optimizer"] for c in result["compiled"]} == set(memory.DEFAULT_OPTIMIZERS)
   assert os.path.getsize(tmp_path / "memory.png") > 1000
+
+
+def test_compile_time_cli_reports_ratios_and_scratch(tmp_path):
+  rows = compile_time.main(["--models", "synthetic", "--optimizers", "sgd_sai,adamw",
+                            "--rounds", "2", "--out", str(tmp_path)])
+  by = {r.optimizer: r for r in rows}
+  assert by["adamw"].ratio == 1.0 and by["adamw"].cpu_ratio == 1.0
+  assert len(by["sgd_sai"].lower_s) == 2 and by["sgd_sai"].total_s > 0
+  synthetic = C.abstract_params("synthetic")
+  assert by["sgd_sai"].temp_bytes >= 0 and by["sgd_sai"].param_bytes == C.tree_nbytes(synthetic)
+  text = (tmp_path / "compile_time.md").read_text()
+  assert "| synthetic MLP | sgd_sai (f32) |" in text and "### Goals" in text
+
+
+def test_llama2_7b_anchor_from_shapes():
+  """The published Llama-2-7B architecture has 6,738,415,616 parameters; sgd_sai's float32
+  state saves one parameter-sized tree against AdamW's two: 26.95 GB = 25.10 GiB."""
+  tree = C.abstract_params("llama2-7b")
+  assert C.tree_size(tree) == 6_738_415_616
+  rows = memory.state_rows(["llama2-7b"], ["sgd_sai", "adamw"], {"llama2-7b": tree})
+  by = {r.optimizer: r.state_bytes for r in rows}
+  leaves = len(jax.tree.leaves(tree))
+  assert by["adamw"] - by["sgd_sai"] == 4 * 6_738_415_616 + 4 - (4 * leaves + 8)
 
 
 def test_low_memory_mode_releases_buffers():

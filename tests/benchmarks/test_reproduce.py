@@ -28,6 +28,19 @@ def test_grids_cover_every_optimizer_and_translate_the_unnormalised_lrs():
     assert {c.optimizer for c in cells[:5]} == set(reproduce.OPTIMIZERS)
 
 
+def test_grids_centre_on_the_examples_registry_defaults():
+  """No drift: the small grid's middle lr of each optimizer is the example's tiny default."""
+  from examples.gpt2 import configs as gpt2_configs
+  from examples.vit import configs as vit_configs
+
+  for task, configs in (("gpt2", gpt2_configs), ("vit", vit_configs)):
+    table = {n: lr for n, lr, _ in configs.get_config("tiny").optimizer_defaults}
+    lrs = reproduce.make_grid(task, "small").lrs
+    for opt in ("sgd_sai", "adamw", "sgdm"):
+      assert lrs[opt][1] == pytest.approx(table[opt])
+    assert lrs["adam"][1] == pytest.approx(table["adamw"])  # Adam starts from AdamW's
+
+
 def _fake_rows(tmp_path, grid, task):
   """Synthetic finished cells (one diverged), with metrics.jsonl files for the curves."""
   rows = []

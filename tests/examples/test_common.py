@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
+import importlib
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +15,9 @@ import pytest
 from flax import nnx
 
 import optax_sai
+from examples.common import cli, layers, metrics, optim, training
+from examples.common import config as config_lib
 from examples.common import mesh as mesh_lib
-from examples.common import metrics, optim
 from examples.common.config import OPTIMIZERS
 
 
@@ -110,3 +116,129 @@ def test_metrics_writer_truncates_on_resume(tmp_path):
   assert records[-1]["train_loss"] == 2.0 and records[-1]["val_loss"] is None
   path = metrics.plot_curves(tmp_path, title="t")
   assert path.stat().st_size > 1000
+
+
+# --- one override path: config.apply_overrides, cli.build_parser, training.main ----------
+
+
+def test_apply_overrides_parses_by_field_type():
+  from examples.gpt2.configs import get_config
+
+  base = get_config("tiny")
+  cfg = config_lib.apply_overrides(base, [
+      "steps=50", "learning_rate=3e-3", "clip_norm=none", "scan_layers=true",
+      "dataset=mytext", "vocab_size=null", "warmup-steps=1e1", ("batch_size", "4"),
+  ])
+  assert (cfg.steps, cfg.learning_rate, cfg.clip_norm, cfg.scan_layers) == (50, 0.003, None, True)
+  assert (cfg.dataset, cfg.vocab_size, cfg.warmup_steps, cfg.batch_size) == ("mytext", None, 10, 4)
+  assert type(cfg.steps) is int and type(cfg.learning_rate) is float
+  # Later assignments win; untouched fields keep the named config's values.
+  assert config_lib.apply_overrides(base, ["steps=5", "steps=7"]).steps == 7
+  assert cfg.n_embd == base.n_embd and base.steps == 200
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("learning_rat=1e-3", "did you mean learning_rate"),
+    ("steps=1.5", "expected an int"),
+    ("steps=many", "expected an int"),
+    ("learning_rate=fast", "cannot read 'fast'"),
+    ("momentum=none", "expected a float"),  # not optional
+    ("scan_layers=maybe", "expected a bool"),
+    ("steps", "key=value"),
+    ("learning_rates=0.1", "learning_rates.<key>"),
+    ("learning_rates.adamx=0.1", "did you mean adam, adamw"),
+    ("steps.x=1", "not a table"),
+])
+def test_apply_overrides_rejects_unknown_keys_and_bad_values(assignment, message):
+  from examples.gpt2.configs import get_config
+
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.apply_overrides(get_config("tiny"), [assignment])
+
+
+def test_per_optimizer_defaults_are_config_data():
+  from examples.vit.configs import get_config
+
+  cfg = get_config("tiny")
+  assert cfg.resolved("adamw").learning_rate == cfg.learning_rates["adamw"]
+  assert cfg.resolved("adamw").weight_decay == cfg.weight_decays["adamw"]
+  new = config_lib.apply_overrides(cfg, ["learning_rates.adamw=0.02", "weight_decays.sgdm=0.5"])
+  assert new.resolved("adamw").learning_rate == 0.02
+  assert new.resolved("sgdm").weight_decay == 0.5
+  assert cfg.learning_rates["adamw"] != 0.02  # the original is untouched (frozen)
+  # An explicit learning_rate beats the table; plain dicts are accepted and frozen.
+  assert config_lib.apply_overrides(new, ["learning_rate=1"]).resolved("adamw").learning_rate == 1
+  d = dataclasses.replace(cfg, learning_rates={"sgd_sai": 7.0})
+  assert d.resolved("sgd_sai").learning_rate == 7.0 and hash(d)
+  assert d.resolved("lion").learning_rate == 1e-3  # no entry: the documented fallback
+
+
+@pytest.mark.parametrize("example", ["gpt2", "vit"])
+def test_every_scalar_field_is_a_flag(example):
+  import typing
+
+  configs = importlib.import_module(f"examples.{example}.configs")
+  cls = type(configs.get_config("tiny"))
+  parser = cli.build_parser("t", configs.CONFIGS, cls)
+  for name, tp in config_lib.field_types(cls).items():
+    if name in ("name", "optimizer") or typing.get_origin(tp) is collections.abc.Mapping:
+      continue
+    flag = "--" + name.replace("_", "-")
+    value = {bool: None, int: "3", float: "0.5", str: "x"}.get(tp, "none")
+    argv = [flag] if value is None else [flag, value]
+    args = parser.parse_args(argv)
+    assert args.overrides == [(name, "true" if value is None else value)], name
+
+
+def test_documented_flags_are_aliases_of_the_generic_path():
+  from examples.gpt2 import configs
+
+  parser = cli.build_parser("t", configs.CONFIGS, configs.GPTConfig)
+  argv = ["--config", "tiny", "--optimizer", "adamw", "--steps", "6", "--lr", "1e-3",
+          "--wd", "0.05", "--warmup-steps", "2", "--seed", "1", "--clip-norm", "0",
+          "--no-bias", "--set", "n_layer=2", "learning_rates.sgdm=0.25", "--batch-size", "4",
+          "--data-dir", "d", "--workdir", "w", "--resume", "--mesh", "data=1", "--no-progress"]
+  args = parser.parse_args(argv)
+  cfg = cli.config_from_args(args, configs.get_config, parser)
+  expected = config_lib.apply_overrides(configs.get_config("tiny"), [
+      "steps=6", "learning_rate=1e-3", "weight_decay=0.05", "warmup_steps=2", "seed=1",
+      "clip_norm=0", "bias=false", "n_layer=2", "learning_rates.sgdm=0.25", "batch_size=4",
+      "data_dir=d"])
+  assert cfg == expected
+  assert (args.optimizer, args.workdir, args.resume, args.mesh, args.progress) == (
+      "adamw", "w", True, "data=1", False)
+  # A bad value or an unknown key is a usage error that names the field.
+  for bad in (["--set", "n_layers=2"], ["--steps", "ten"]):
+    with pytest.raises(SystemExit):
+      cli.config_from_args(parser.parse_args(bad), configs.get_config, parser)
+
+
+def test_main_hands_the_overridden_config_to_train(capsys):
+  from examples.vit import configs
+
+  calls = []
+
+  def fake_train(config, optimizer, workdir, **kwargs):
+    calls.append((config, optimizer, workdir, kwargs))
+    return {"val_loss": 1.5, "params": object()}
+
+  out = training.main(["--optimizer", "sgdm", "--steps", "4", "--set", "dataset=digits",
+                       "--stop-after", "2", "--extra", "7"],
+                      description="t", configs=configs.CONFIGS, get_config=configs.get_config,
+                      train_fn=fake_train,
+                      extra_flags=lambda p: p.add_argument("--extra", type=int))
+  (config, optimizer, workdir, kwargs), = calls
+  assert config == dataclasses.replace(configs.get_config("tiny"), steps=4, dataset="digits")
+  assert (optimizer, workdir) == ("sgdm", None)
+  assert kwargs == {"resume": False, "mesh": None, "stop_after": 2, "progress": None,
+                    "extra": 7}
+  assert out["val_loss"] == 1.5 and json.loads(capsys.readouterr().out) == {"val_loss": 1.5}
+
+
+def test_dropout_keeps_the_expectation():
+  x = jnp.ones((200, 500))
+  assert layers.dropout(x, 0.3, None) is x and layers.dropout(x, 0.0, jax.random.key(0)) is x
+  y = np.asarray(layers.dropout(x, 0.3, jax.random.key(0)))
+  np.testing.assert_allclose(np.unique(y), [0.0, 1 / 0.7], rtol=1e-6)
+  assert abs((y == 0).mean() - 0.3) < 0.01  # 1e5 Bernoulli draws: sd 0.0015
+  assert abs(y.mean() - 1.0) < 0.02

@@ -1,0 +1,1 @@
+"""LoRA fine-tuning of the GPT-2 example with SGD-SaI (see ``train.py``)."""

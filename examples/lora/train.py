@@ -1,0 +1,343 @@
+"""LoRA fine-tuning of the GPT-2 example with SGD-SaI or a baseline optimizer.
+
+    python -m examples.lora.train --config tiny --optimizer sgd_sai --rank 8 --steps 150 \
+        --workdir runs/lora-tiny
+    python -m examples.lora.train --config tiny --optimizer adamw --rank 0 --workdir runs/full-ft
+    python -m examples.lora.train --config tiny --base-checkpoint runs/gpt2-tiny ...
+
+Without ``--base-checkpoint`` the base model is first pretrained with the GPT-2 example's
+own code on ``base_dataset`` (English prose, ``pydoc``) and cached under ``base_dir``;
+later runs reuse it. Fine-tuning then trains only the adapters (``nnx.LoRAParam``; the
+base ``nnx.Param`` weights are frozen and get no optimizer state) on Python source code.
+``--rank 0`` fine-tunes every parameter instead (the full fine-tuning ceiling).
+
+In Python: ``train(get_config("tiny"), optimizer="sgd_sai", workdir=..., steps=100)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+import optax_sai
+from examples.common import metrics as metrics_lib
+from examples.common import optim, training
+from examples.gpt2 import configs as gpt_configs
+from examples.gpt2 import data as gpt_data
+from examples.gpt2 import train as gpt_train
+from examples.gpt2.model import GPT
+from examples.lora import configs
+from examples.lora import data as lora_data
+from examples.lora.configs import LoRAConfig
+from examples.lora.model import add_adapters
+
+# --- the base model ---------------------------------------------------------------------
+
+
+def base_config(cfg: LoRAConfig) -> gpt_configs.GPTConfig:
+  """The GPT-2 example's ``tiny`` recipe with this run's model fields, on ``base_dataset``."""
+  model_fields = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias", "dtype",
+                  "tokenizer")
+  return dataclasses.replace(
+      gpt_configs.get_config("tiny"), **{f: getattr(cfg, f) for f in model_fields},
+      dataset=cfg.base_dataset, data_dir=cfg.base_data_dir, steps=cfg.base_steps,
+      seed=cfg.base_seed, optimizer=cfg.base_optimizer, ckpt_every=cfg.base_steps,
+      eval_every=cfg.base_steps, dropout=0.0, scan_layers=False,
+  )
+
+
+def base_workdir(cfg: LoRAConfig) -> Path:
+  """Where the pretrained base is cached: one folder per base recipe."""
+  key = (f"{cfg.base_dataset}-L{cfg.n_layer}-H{cfg.n_head}-D{cfg.n_embd}-T{cfg.block_size}"
+         f"-{cfg.base_optimizer}-{cfg.base_steps}steps-seed{cfg.base_seed}")
+  return Path(cfg.base_dir) / key
+
+
+def _pure(tree: Any) -> Any:
+  """A raw orbax restore of an nnx state as ``nnx.replace_by_pure_dict`` reads it."""
+  if isinstance(tree, dict):
+    if set(tree) == {"value"}:
+      return _pure(tree["value"])
+    return {(int(k) if isinstance(k, str) and k.isdigit() else k): _pure(v)
+            for k, v in tree.items()}
+  return np.asarray(tree)
+
+
+def load_base(workdir: str | Path) -> dict:
+  """The parameters of a GPT-2 example run's latest checkpoint, as a pure dict."""
+  directory = Path(workdir).absolute()
+  if (directory / "checkpoints").is_dir():
+    directory = directory / "checkpoints"
+  mgr = ocp.CheckpointManager(directory)
+  step = mgr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {directory}")
+  raw = mgr.restore(step, args=ocp.args.StandardRestore())
+  mgr.close()
+  return _pure(raw["params"])
+
+
+def ensure_base(cfg: LoRAConfig, progress: bool | None = None) -> tuple[dict, str]:
+  """The base parameters and where they come from (pretraining them first if needed)."""
+  if cfg.base_checkpoint is not None:
+    return load_base(cfg.base_checkpoint), str(cfg.base_checkpoint)
+  workdir = base_workdir(cfg)
+  ckpt_dir = workdir / "checkpoints"
+  latest = None
+  if ckpt_dir.is_dir():
+    mgr = ocp.CheckpointManager(ckpt_dir.absolute())
+    latest = mgr.latest_step()
+    mgr.close()
+  if latest != cfg.base_steps:
+    # Pretrain with the GPT-2 example (resuming a pre-empted pretraining run).
+    gpt_train.train(base_config(cfg), workdir=workdir, resume=latest is not None,
+                    progress=progress)
+  return load_base(workdir), str(workdir)
+
+
+# --- instrumentation: the step each block's g-SNR was captured at -----------------------
+
+
+class CaptureStepState(NamedTuple):
+  """``inner``'s state, the step count, and per g-SNR block the step it was captured at."""
+
+  inner: optax.OptState
+  count: jax.Array
+  captured_at: Any  # like ScaleByGsnrState.captured, int32, -1 until captured
+
+
+def track_capture_steps(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """Wraps an optimizer containing ``scale_by_gsnr``; records when each block is captured.
+
+  Step numbers are 1-based (the update that captured it). The record is part of the
+  optimizer state (arrays only), so it is checkpointed and survives a resume.
+  """
+
+  def init(params):
+    inner = tx.init(params)
+    captured = optax_sai.find_gsnr_state(inner).captured
+    return CaptureStepState(inner, jnp.zeros([], jnp.int32),
+                            jax.tree.map(lambda c: jnp.full(c.shape, -1, jnp.int32), captured))
+
+  def update(updates, state, params=None):
+    updates, inner = tx.update(updates, state.inner, params)
+    count = state.count + 1
+    captured = optax_sai.find_gsnr_state(inner).captured
+    at = jax.tree.map(lambda a, c: jnp.where((a < 0) & c, count, a), state.captured_at,
+                      captured)
+    return updates, CaptureStepState(inner, count, at)
+
+  return optax.GradientTransformation(init, update)
+
+
+def capture_steps(opt_state: Any) -> dict[str, int]:
+  """``{parameter path: step its g-SNR was captured at (-1: never)}``."""
+  found = optax.tree.get_all_with_path(opt_state, CaptureStepState.__name__,
+                                       filtering=lambda _, v: isinstance(v, CaptureStepState))
+  if not found:
+    return {}
+  at = found[0][1].captured_at
+  return {optim.path_str(p): int(np.asarray(v).max()) if np.asarray(v).min() >= 0 else -1
+          for p, v in jax.tree_util.tree_flatten_with_path(at)[0]}
+
+
+def _adapter_decay_mask(params: Any) -> Any:
+  return jax.tree.map(lambda _: True, params)
+
+
+# --- the task -----------------------------------------------------------------------------
+
+
+def build_task(
+    config: LoRAConfig,
+    optimizer: str | None = None,
+    *,
+    base: dict | None = None,
+    grad_mask: optax.GradientTransformation | None = None,
+    progress: bool | None = None,
+) -> training.Task:
+  """The fine-tuning task: base loaded (or pretrained), adapters added, data, loss.
+
+  Args:
+    config: the run's config.
+    optimizer: overrides ``config.optimizer``.
+    base: the base parameters (a pure dict); default: :func:`ensure_base`.
+    grad_mask: an ablation inserted after gradient clipping and before the optimizer (see
+      ``examples/lora/sweep.py``); ``None`` for the real runs.
+    progress: the tqdm bar of a base pretraining run.
+
+  Returns:
+    A :class:`examples.common.training.Task` training only the adapters (``rank > 0``)
+    or every parameter (``rank == 0``).
+  """
+  cfg = config.resolved(optimizer)
+  if cfg.scan_layers:
+    raise ValueError("the LoRA example uses the unrolled GPT-2 (scan_layers=False)")
+  if cfg.dataset == lora_data.DATASET:
+    data_dir = lora_data.ensure_pysource(cfg.data_dir)
+    meta = gpt_data.load_meta(data_dir)
+  else:
+    data_dir = gpt_data.resolve_data_dir(cfg.dataset, cfg.data_dir)
+    meta = gpt_data.ensure_data(data_dir, cfg.dataset, cfg.tokenizer)
+  if cfg.vocab_size is None:
+    cfg = dataclasses.replace(cfg, vocab_size=int(meta["vocab_size"]))
+  if base is None:
+    base, _ = ensure_base(cfg, progress)
+  if base["wte"]["embedding"].shape[0] != cfg.vocab_size:
+    raise ValueError(f"the base has vocabulary {base['wte']['embedding'].shape[0]}, "
+                     f"the fine-tuning data {cfg.vocab_size}")
+  data = gpt_data.LMData(data_dir, cfg.block_size, cfg.batch_size, cfg.seed, cfg.eval_batches)
+
+  def make_model(rngs: nnx.Rngs) -> GPT:
+    model = GPT(cfg, rngs=rngs)
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, base)
+    nnx.update(model, state)
+    return add_adapters(model, cfg.rank, rngs) if cfg.rank > 0 else model
+
+  wrap = None
+  if grad_mask is not None or cfg.optimizer == "sgd_sai":
+
+    def wrap(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+      if grad_mask is not None:
+        tx = optax.chain(grad_mask, tx)
+      return track_capture_steps(tx) if cfg.optimizer == "sgd_sai" else tx
+
+  return training.Task(
+      name=f"lora-{cfg.name}-r{cfg.rank}" if cfg.rank else f"full-ft-{cfg.name}",
+      config=cfg,
+      make_model=make_model,
+      loss_fn=gpt_train.lm_loss,
+      eval_fn=gpt_train.lm_eval,
+      train_batch=data.train_batch,
+      eval_batches=data.val_batches,
+      unit="tokens",
+      units_per_step=cfg.batch_size * cfg.block_size,
+      dropout=cfg.dropout > 0,
+      trainable=nnx.LoRAParam if cfg.rank > 0 else nnx.Param,
+      decay_mask=_adapter_decay_mask if cfg.rank > 0 else None,
+      wrap_optimizer=wrap,
+  )
+
+
+def initial_params(task: training.Task) -> Any:
+  """The trainable parameters at step 0 (rebuilt: a pure function of the seed)."""
+  return jax.jit(lambda: nnx.split(task.make_model(nnx.Rngs(task.config.seed)),
+                                   task.trainable, ...)[1])()
+
+
+def adapter_report(task: training.Task, params: Any, opt_state: Any) -> dict[str, Any]:
+  """Per adapter block: g-SNR scale and capture step (sgd_sai), how far it moved.
+
+  ``rel_change`` is ``||X_T - X_0||_F / ||X_0||_F`` for ``A`` (random at start) and
+  ``||B_T||_F`` for ``B`` (zero at start; reported as ``norm``).
+  """
+  start = {optim.path_str(p): np.asarray(v)
+           for p, v in jax.tree_util.tree_flatten_with_path(initial_params(task))[0]}
+  end = {optim.path_str(p): np.asarray(v)
+         for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  scales = optim.gsnr_table(opt_state) if task.config.optimizer == "sgd_sai" else {}
+  steps = capture_steps(opt_state)
+  blocks: dict[str, dict[str, Any]] = {}
+  for path, x1 in end.items():
+    x0 = start[path]
+    row: dict[str, Any] = {"shape": list(x1.shape)}
+    if path.endswith("lora_a"):
+      row["rel_change"] = float(np.linalg.norm(x1 - x0) / np.linalg.norm(x0))
+    elif path.endswith("lora_b"):
+      row["norm"] = float(np.linalg.norm(x1))
+    else:
+      continue
+    if path in scales:
+      row["scale"] = scales[path]
+    if path in steps:
+      row["captured_at_step"] = steps[path]
+    blocks[path] = row
+  a_rows = [r for p, r in blocks.items() if p.endswith("lora_a")]
+  summary: dict[str, Any] = {}
+  if a_rows:
+    summary["a_rel_change_mean"] = float(np.mean([r["rel_change"] for r in a_rows]))
+    summary["b_norm_mean"] = float(np.mean([r["norm"] for p, r in blocks.items()
+                                            if p.endswith("lora_b")]))
+    if steps:
+      at = [r["captured_at_step"] for r in a_rows]
+      summary["a_captured"] = sum(s >= 0 for s in at)
+      summary["a_blocks"] = len(at)
+      summary["a_capture_step_max"] = max(at) if min(at) >= 0 else -1
+  return {"blocks": blocks, "summary": summary}
+
+
+def state_bytes(task: training.Task, optimizer: str | None = None) -> dict[str, int]:
+  """Bytes of the trainable parameters and of the optimizer state (shapes only)."""
+  cfg = task.config if optimizer is None else dataclasses.replace(task.config,
+                                                                  optimizer=optimizer)
+  abstract = nnx.eval_shape(lambda: task.make_model(nnx.Rngs(0)))
+  trainable = nnx.state(abstract, task.trainable)
+  everything = nnx.state(abstract, nnx.Param)
+  tx = optim.make_optimizer(cfg.optimizer, 1e-3, cfg.weight_decay or 0.0,
+                            mask=task.decay_mask or optim.decay_mask)
+
+  def nbytes(tree):
+    return int(sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize
+                   for x in jax.tree.leaves(tree)))
+
+  return {"params_bytes": nbytes(everything), "trainable_bytes": nbytes(trainable),
+          "opt_state_bytes": nbytes(jax.eval_shape(tx.init, trainable))}
+
+
+def train(
+    config: LoRAConfig,
+    optimizer: str | None = None,
+    workdir: str | Path | None = None,
+    steps: int | None = None,
+    *,
+    grad_mask: optax.GradientTransformation | None = None,
+    base: dict | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+  """Fine-tunes and returns the final metrics plus ``adapters`` (see :func:`adapter_report`).
+
+  Keyword arguments (``resume``, ``mesh``, ``stop_after``, ``progress``) are those of
+  :func:`examples.common.training.fit`; ``grad_mask`` and ``base`` those of
+  :func:`build_task`.
+  """
+  if steps is not None:
+    config = dataclasses.replace(config, steps=steps)
+  task = build_task(config, optimizer, base=base, grad_mask=grad_mask,
+                    progress=kwargs.get("progress"))
+  result = training.fit(task, workdir, **kwargs)
+  report = adapter_report(task, result["params"], result["opt_state"])
+  result.update(report["summary"])
+  result["adapters"] = report["blocks"]
+  result.update(state_bytes(task))
+  if workdir is not None and task.config.rank > 0:
+    table = json.loads((Path(workdir) / metrics_lib.GSNR_FILE).read_text())
+    steps_at = capture_steps(result["opt_state"])
+    gsnr = {"scales": table, "adapters": report["blocks"]}
+    if steps_at:
+      gsnr["captured_at_step"] = steps_at
+    metrics_lib.write_gsnr(workdir, gsnr)
+  return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  """The command line (``--help`` lists the flags; any config field: ``--set key=value``)."""
+  return training.main(argv, description=__doc__.split("\n\n")[0], configs=configs.CONFIGS,
+                       get_config=configs.get_config, train_fn=train,
+                       choices={"dtype": ("float32", "bfloat16")})
+
+
+
+if __name__ == "__main__":
+  main()

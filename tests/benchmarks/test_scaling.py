@@ -1,0 +1,133 @@
+"""The budget-scaling study (benchmarks.scaling): grid logic, bands, pipeline, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+from benchmarks import scaling
+from examples.common import optim
+
+# A trivial size: a one-layer, width-16 model on the built-in pydoc corpus, a few steps.
+TINY = scaling.Study(
+    optimizers=("sgd_sai", "adamw"), budgets=(3, 4), widths=(16,), grid_ks=(0, 1),
+    max_extend=0, seeds_best=(), seeds_best_largest=(), evals=2, dataset="pydoc",
+    overrides=(("eval_batches", 1), ("n_layer", 1), ("block_size", 16), ("batch_size", 4)),
+)
+
+
+def test_band_width_interpolates_in_log_lr():
+  # Best 1.0 at lr 0.1; 2% limit 1.02: left crossing 2% of the way to lr 0.01 (loss 2.0),
+  # right crossing half-way to lr 1 (loss 1.04): 1.02 - 0.5 = 0.52 decades.
+  points = [(0.01, 2.0), (0.1, 1.0), (1.0, 1.04)]
+  width, is_open = scaling.band_width(points, 0.02)
+  assert width == pytest.approx(0.52) and not is_open
+  # 5%: lr 1 is inside and is the grid's edge: at least 1 + 0.05 decades.
+  width, is_open = scaling.band_width(points, 0.05)
+  assert width == pytest.approx(1.05) and is_open
+  # A diverged neighbour closes the band at that neighbour.
+  width, _ = scaling.band_width([(0.01, math.inf), (0.1, 1.0), (1.0, math.inf)], 0.02)
+  assert width == pytest.approx(2.0)
+
+
+def test_gap_trend_fits_a_line_in_log_steps():
+  def stage(budget, gap):
+    return {"budget": budget, "width": 16, "gap_adamw": {"mean": gap, "final": True}}
+
+  # 0.3 at 100 steps, 0.2 at 1000: -0.1 per decade, zero at 10**(2 + 3) steps.
+  trend = scaling.gap_trend(TINY, [stage(100, 0.3), stage(1000, 0.2)])["adamw_w16"]
+  assert trend["slope_per_decade"] == pytest.approx(-0.1)
+  assert trend["zero_at_steps"] == pytest.approx(1e5, rel=1e-6)
+  widening = scaling.gap_trend(TINY, [stage(100, 0.2), stage(1000, 0.3)])["adamw_w16"]
+  assert widening["zero_at_steps"] is None
+
+
+def _row(budget, key, k, seed, loss):
+  return {"id": scaling.cell_id(budget, 16, key, k, seed), "budget": budget, "width": 16,
+          "optimizer": key, "k": k, "seed": seed, "val_loss": loss, "diverged": loss is None}
+
+
+def test_grid_state_extends_edges_then_adds_seeds():
+  study = dataclasses.replace(TINY, grid_ks=(-1, 0, 1), max_extend=1, seeds_best=(1,),
+                              seeds_best_largest=(1, 2), largest_budget=4)
+  rows = [_row(3, "adamw", -1, 0, 2.0), _row(3, "adamw", 0, 0, 1.5)]
+  assert scaling.grid_state(study, rows, 3, 16, "adamw")["next"] == [(1, 0)]
+  rows.append(_row(3, "adamw", 1, 0, 1.2))  # best on the high edge: extend once
+  assert scaling.grid_state(study, rows, 3, 16, "adamw")["next"] == [(2, 0)]
+  rows.append(_row(3, "adamw", 2, 0, 1.1))  # still on the edge, cap reached: seeds
+  state = scaling.grid_state(study, rows, 3, 16, "adamw")
+  assert state["edge"] == "high" and state["extended"] == [2]
+  assert state["best_k"] == 2 and state["next"] == [(2, 1)]
+  # Interior best at the largest budget: two extra seeds; diverged points never win.
+  rows = [_row(4, "sgdm", k, 0, loss) for k, loss in ((-1, 1.4), (0, 1.3), (1, None))]
+  state = scaling.grid_state(study, rows, 4, 16, "sgdm")
+  assert state["best_k"] == 0 and state["next"] == [(0, 1), (0, 2)]
+
+
+def test_learning_rates_come_from_the_registry():
+  from examples.gpt2 import configs
+
+  table = {n: lr for n, lr, _ in configs.get_config("tiny").optimizer_defaults}
+  for key in scaling.OPTIMIZERS:
+    assert key in optim.REGISTRY
+    assert scaling.lr_of(key, 0) == pytest.approx(table[key])
+    assert scaling.lr_of(key, 1) / scaling.lr_of(key, -1) == pytest.approx(10.0, rel=1e-2)
+
+
+def test_pipeline_writes_table_and_plots_and_resumes(tmp_path):
+  first = dataclasses.replace(TINY, budgets=(3,))
+  counts = scaling.run_study(first, tmp_path, log=lambda s: None)
+  assert counts == {"trained": 4, "groups": 2}
+  rows = scaling.read_cells(tmp_path)
+  assert {(r["optimizer"], r["k"]) for r in rows} == {
+      (k, i) for k in ("sgd_sai", "adamw") for i in (0, 1)}
+  for r in rows:
+    assert r["lr"] == pytest.approx(scaling.lr_of(r["optimizer"], r["k"]))
+    assert math.isfinite(r["val_loss"]) and r["val_loss"] < math.log(256) + 1
+    assert [c[0] for c in r["curve"]] == [2, 3] and r["group_size"] == 2
+
+  # Resume with a second budget: the finished cells are skipped, only budget 4 runs.
+  counts = scaling.run_study(TINY, tmp_path, log=lambda s: None)
+  assert counts == {"trained": 4, "groups": 2}
+  summary = scaling.report(TINY, tmp_path, "cmd")
+  assert len(scaling.read_cells(tmp_path)) == 8
+  for st in summary["stages"]:
+    a, b = st["optimizers"]["sgd_sai"], st["optimizers"]["adamw"]
+    assert st["gap_adamw"]["mean"] == pytest.approx(a["mean"] - b["mean"])
+    # The best point is the lower loss of the two; both are on an edge (no extension).
+    assert a["mean"] == min(loss for _, loss in a["points"])
+    assert a["edge"] in ("low", "high")
+  table = (tmp_path / "table.md").read_text()
+  assert "SGD-SaI (normalize=True)" in table and "AdamW" in table
+  assert "cap reached" in table and "| 4 | 16 |" in table
+  for name in ("gap.png", "curves.png"):
+    assert (tmp_path / name).stat().st_size > 1000
+  assert json.loads((tmp_path / "summary.json").read_text())["cells"] == 8
+
+
+@pytest.mark.slow
+def test_vmapped_group_matches_the_examples_fit_and_resumes_midway(tmp_path):
+  """Each member of a vmapped group trains as the example's own ``fit`` would, and a group
+  interrupted midway resumes to the same result."""
+  from examples.gpt2 import train as gpt2_train
+
+  budget, members = 4, [(scaling.lr_of("adamw", 0), 0), (scaling.lr_of("adamw", 1), 1)]
+  whole = scaling.train_group(TINY, budget, 16, "adamw", members, log=lambda s: None)
+  for (lr, seed), row in zip(members, whole, strict=True):
+    cfg = dataclasses.replace(scaling.base_config(TINY, 16, budget, "adamw", seed),
+                              learning_rate=lr, eval_every=budget)
+    fit = gpt2_train.train(cfg, workdir=None, progress=False)
+    assert row["val_loss"] == pytest.approx(fit["val_loss"], rel=1e-4)
+  partial = tmp_path / "group"
+  assert scaling.train_group(TINY, budget, 16, "adamw", members, partial=partial,
+                             stop_after=2, log=lambda s: None) is None
+  assert partial.with_suffix(".npz").exists()
+  resumed = scaling.train_group(TINY, budget, 16, "adamw", members, partial=partial,
+                                log=lambda s: None)
+  assert [r["val_loss"] for r in resumed] == pytest.approx([r["val_loss"] for r in whole],
+                                                           rel=1e-5)
+  assert resumed[0]["curve"][0] == whole[0]["curve"][0]
+  assert not partial.with_suffix(".npz").exists()
