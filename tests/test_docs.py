@@ -89,4 +89,17 @@ def test_docs_site_builds_and_its_examples_run(tmp_path):
   assert int(summary.group(2)) == 0, report[-3000:]
   assert int(summary.group(1)) >= 50, report[-3000:]
   documents = set(re.findall(r"^Document: (\S+)", report, re.M))
-  assert {"index", "api", "guides/algorithm", "guides/recipes", "guides/lora"} <= documents
+  assert {"index", "api", "guides/algorithm", "guides/recipes", "guides/scale_out"} <= documents
+
+
+def test_readme_links_to_the_docs_and_every_link_resolves():
+  readme = (REPO_ROOT / "README.md").read_text()
+  for marker in ("<!-- main-command -->", "<!-- test-command -->"):
+    assert readme.count(marker) == 1, marker
+  link = r"\]\(((?:docs|notebooks|examples|benchmarks)/[^)#\s]+|CHANGELOG\.md)"
+  targets = re.findall(link, readme)
+  for target in targets:
+    assert (REPO_ROOT / target).exists(), target
+  linked = {t for t in targets if t.startswith("docs/")}
+  guides = {f"docs/{p}.md" for p in PAGES if p.startswith("guides/")}
+  assert {"docs/index.md", "docs/api.md"} | guides <= linked
