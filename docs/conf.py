@@ -49,6 +49,7 @@ napoleon_use_rtype = False
 
 # Code in the pages runs on the CPU, without noise from JAX about missing accelerators.
 doctest_global_setup = """
+import importlib.util
 import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 """
