@@ -1,6 +1,6 @@
 """The two transforms of SGD-SaI: the one-shot g-SNR scale and the paper's momentum."""
 
-import math
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -86,58 +86,28 @@ def _replicated(x: jax.Array) -> jax.Array:
   return jax.sharding.reshard(x, jax.sharding.PartitionSpec())
 
 
-def _pack(leaves: list[jax.Array], dtype: Any) -> jax.Array:
-  """Per-block arrays of all leaves as one flat vector (replicated, see :func:`_replicated`).
-
-  The capture works on such vectors: the per-block arithmetic between and after the two
-  passes over the gradients is then a few vector operations rather than a few per leaf
-  (measured on GPT-2 124M, 148 leaves: 1,633 -> 898 fusions in the compiled sgd_sai step;
-  with the two variadic passes, compile CPU time 14.7 s -> 8.9 s).
-  """
-  return jnp.concatenate([jnp.ravel(_replicated(x)).astype(dtype) for x in leaves])
-
-
-def _unpack(flat: jax.Array, like: list[Any]) -> list[jax.Array]:
-  """Inverse of :func:`_pack`: slices of ``flat`` with the shapes and dtypes of ``like``."""
-  out, offset = [], 0
-  for x in like:
-    size = math.prod(x.shape)
-    out.append(flat[offset:offset + size].reshape(x.shape).astype(x.dtype))
-    offset += size
-  return out
-
-
-def _capture_pending(grads: list[jax.Array], axes: list[Any], values: jax.Array,
+def _capture_pending(grads: list[jax.Array], axes: list[Any], values: list[jax.Array],
                      normalizer: jax.Array, eps: float,
-                     normalize: bool) -> tuple[jax.Array, jax.Array]:
+                     normalize: bool) -> tuple[list[jax.Array], jax.Array]:
   """The paper's capture: every block not captured yet takes this gradient's g-SNR.
 
-  ``values`` holds every block's g-SNR, packed (:func:`_pack`), 0 for blocks not
-  captured yet. A block is captured when its gradient is usable (finite, not all zero);
-  otherwise it keeps 0 and is tried again at the next step. Two passes over each
-  gradient (:mod:`optax_sai._gsnr`), the rest on packed vectors. The normaliser is the
-  largest g-SNR of the first capturing step: while it is 0 no block has been captured,
-  so the maximum over all values then is the maximum over the blocks captured now.
+  A block is captured when its gradient is usable (finite, not all zero); otherwise it
+  keeps 0 and is tried again at the next step. The normaliser is the largest g-SNR of
+  the first capturing step: while it is 0 no block has been captured, so the maximum over
+  all values then is the maximum over the blocks captured now.
   """
-  dtype = values.dtype
-  like = [jax.ShapeDtypeStruct(_gsnr.block_shape(g.shape, a), dtype)
-          for g, a in zip(grads, axes, strict=True)]
-  n = jnp.concatenate([jnp.full(math.prod(x.shape), _gsnr.block_size(g.shape, a), dtype)
-                       for x, g, a in zip(like, grads, axes, strict=True)])
-  first = [_gsnr.block_peak_and_sum(g, a) for g, a in zip(grads, axes, strict=True)]
-  usable, inv, shift = _gsnr.usable_scale_and_shift(
-      _pack([p for p, _ in first], dtype), _pack([t for _, t in first], dtype), n)
-  second = [_gsnr.block_centred_sums(g, a, i, s) for g, a, i, s in
-            zip(grads, axes, _unpack(inv, like), _unpack(shift, like), strict=True)]
-  snr = _gsnr.gsnr_from_sums(_pack([s for s, _ in second], dtype),
-                             _pack([s for _, s in second], dtype), inv, shift, n, eps)
-  # Positive whenever usable (a g-SNR that underflows is stored as the smallest normal
-  # number), so that ``gsnr > 0`` stays the capture flag.
-  fresh = jnp.where(usable, jnp.maximum(snr, jnp.finfo(dtype).tiny), 0)
-  values = jnp.where(values > 0, values, fresh)
+  new_values = []
+  for g, a, v in zip(grads, axes, values, strict=True):
+    snr, usable = _gsnr.leaf_capture_stats(g, a, eps)
+    # Positive whenever usable (a g-SNR that underflows is stored as the smallest normal
+    # number), so that ``gsnr > 0`` stays the capture flag.
+    fresh = jnp.where(usable, jnp.maximum(snr, jnp.finfo(snr.dtype).tiny), 0).astype(v.dtype)
+    new_values.append(jnp.where(v > 0, v, _replicated(fresh)))
   if normalize:
-    normalizer = jnp.where(normalizer > 0, normalizer, jnp.max(values).astype(normalizer.dtype))
-  return values, normalizer
+    top = functools.reduce(jnp.maximum, [jnp.max(v).astype(normalizer.dtype)
+                                         for v in new_values])
+    normalizer = jnp.where(normalizer > 0, normalizer, top)
+  return new_values, normalizer
 
 
 def _capture_once(grads: list[jax.Array], axes: list[Any], values: list[jax.Array],
@@ -146,19 +116,19 @@ def _capture_once(grads: list[jax.Array], axes: list[Any], values: list[jax.Arra
   """``lax.cond(every block captured, identity, capture the pending blocks)``.
 
   After the first step the identity branch runs: no reduction over gradient entries.
-  The per-block values cross the ``cond`` packed into one flat vector (:func:`_pack`),
-  not as a scalar per leaf: XLA then carries one small buffer through the steady branch
-  instead of one per leaf, which on GPT-2 124M's 148 leaves was most of the steady step's
-  cost beyond the elementwise update.
+  The per-block values cross the ``cond`` as they are, one small array per leaf. (They
+  used to be packed into one flat vector; slicing each leaf's scale back out of it made
+  XLA:CPU compile every leaf's elementwise update ~12x slower: measured on GPT-2 124M,
+  148 leaves, 2.5 s vs 0.2 s of CPU for the multiplies alone, and 7.0 s -> 3.2 s for the
+  whole sgd_sai step, at no cost to the steady step; see docs/guides/performance.md.)
   """
   if not values:
     return values, normalizer
-  packed = _pack(values, jnp.result_type(*values))
-  packed, normalizer = jax.lax.cond(
-      jnp.all(packed > 0), lambda v, norm: (v, norm),
+  done = functools.reduce(jnp.logical_and, [jnp.all(v > 0) for v in values])
+  return jax.lax.cond(
+      done, lambda v, norm: (v, norm),
       lambda v, norm: _capture_pending(grads, axes, v, norm, eps, normalize),
-      packed, normalizer)
-  return _unpack(packed, values), normalizer
+      values, normalizer)
 
 
 def _zero_update(g: Any) -> Any:

@@ -256,9 +256,19 @@ def test_compiled_step_allocates_no_parameter_sized_scratch(mu_dtype):
     # 1 KiB; the old shared ``g / peak`` materialised all of them (1.0x the params).
     assert analysis.temp_size_in_bytes < 4096
   else:
-    # bfloat16 momentum: XLA keeps some float32 temporaries of the EMA (measured 0.15x
-    # the parameter bytes); far from a copy of the gradients.
-    assert analysis.temp_size_in_bytes < param_bytes / 4
+    # bfloat16 momentum: XLA:CPU keeps float32 temporaries of the EMA, as it does for
+    # optax.sgd's own bfloat16 accumulator (both measured 0.50x the parameter bytes here);
+    # sgd_sai adds no more than per-block scalars to its peer's.
+    peer = optax.sgd(0.1, momentum=0.9, accumulator_dtype=jnp.bfloat16)
+
+    def peer_step(p, s, g):
+      u, s = peer.update(g, s, p)
+      return optax.apply_updates(p, u), s
+
+    peer_temp = jax.jit(peer_step, donate_argnums=(0, 1)).lower(
+        params, peer.init(params), params).compile().memory_analysis().temp_size_in_bytes
+    assert analysis.temp_size_in_bytes <= peer_temp + 4096
+    assert analysis.temp_size_in_bytes < param_bytes  # never a full float32 copy
 
 
 class TestScannedEqualsUnrolled:
