@@ -131,3 +131,33 @@ def test_vmapped_group_matches_the_examples_fit_and_resumes_midway(tmp_path):
                                                            rel=1e-5)
   assert resumed[0]["curve"][0] == whole[0]["curve"][0]
   assert not partial.with_suffix(".npz").exists()
+
+
+def test_stdlib_corpus_is_split_by_file_and_skips_site_packages(tmp_path):
+  import hashlib
+
+  import numpy as np
+
+  from examples.gpt2 import data as data_lib
+  from examples.gpt2 import prepare
+
+  root = tmp_path / "lib"
+  files = {f"m{i}.py": f"x = {i}\n".encode() * (i + 1) for i in range(40)}
+  files["pkg/sub.py"] = b"def f():\n  return 1\n"
+  for name, text in files.items():
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    (root / name).write_bytes(text)
+  (root / "site-packages").mkdir()
+  (root / "site-packages" / "third_party.py").write_bytes(b"import nothing\n")
+  (root / "notes.txt").write_bytes(b"not python\n")
+
+  meta = prepare.prepare_stdlib(tmp_path / "out", root)
+  is_val = {n: hashlib.sha1(n.encode()).digest()[0] < 13 for n in files}
+  assert any(is_val.values()) and not all(is_val.values())
+  for split, want in (("train", False), ("val", True)):
+    expected = b"\n\n".join(files[n] for n in sorted(files) if is_val[n] == want)
+    got = np.fromfile(tmp_path / "out" / f"{split}.bin", np.uint16).astype(np.uint8)
+    assert got.tobytes() == expected
+    assert meta[f"{split}_tokens"] == len(expected)
+  assert meta["train_files"] + meta["val_files"] == len(files)  # site-packages skipped
+  assert data_lib.load_meta(tmp_path / "out")["vocab_size"] == 256
