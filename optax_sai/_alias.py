@@ -44,6 +44,19 @@ def _floating_mask(mask: Any) -> Any:
   return resolve
 
 
+def _direction(momentum: Any, eps: Any, normalize: Any, block_axes: Any,
+               mu_dtype: Any) -> tuple[optax.GradientTransformation, ...]:
+  """The validated g-SNR scale and momentum that :func:`sgd_sai` and :func:`scale_by_sai` share."""
+  _check_scalar("momentum", momentum, low=0.0, high=1.0)
+  _check_scalar("eps", eps, low=0.0)
+  if not isinstance(normalize, bool | numbers.Integral):
+    raise ValueError(f"normalize must be a bool, got {normalize!r}.")
+  return (
+      _transforms.scale_by_gsnr(eps, normalize=bool(normalize), block_axes=block_axes),
+      _transforms.sai_momentum(momentum, mu_dtype=mu_dtype),
+  )
+
+
 def sgd_sai(
     learning_rate: optax.ScalarOrSchedule,
     momentum: jax.typing.ArrayLike = 0.9,
@@ -115,14 +128,9 @@ def sgd_sai(
     You Need <https://arxiv.org/abs/2412.11768>`_, 2024.
   """
   _check_scalar("learning_rate", learning_rate, low=0.0)
-  _check_scalar("momentum", momentum, low=0.0, high=1.0)
   _check_scalar("weight_decay", weight_decay, low=0.0)
-  _check_scalar("eps", eps, low=0.0)
-  if not isinstance(normalize, bool | numbers.Integral):
-    raise ValueError(f"normalize must be a bool, got {normalize!r}.")
   return optax.chain(
-      _transforms.scale_by_gsnr(eps, normalize=bool(normalize), block_axes=block_axes),
-      _transforms.sai_momentum(momentum, mu_dtype=mu_dtype),
+      *_direction(momentum, eps, normalize, block_axes, mu_dtype),
       optax.add_decayed_weights(weight_decay, mask=_floating_mask(weight_decay_mask)),
       optax.scale_by_learning_rate(learning_rate),
   )
@@ -184,11 +192,4 @@ def scale_by_sai(
     Xu et al., `No More Adam: Learning Rate Scaling at Initialization is All
     You Need <https://arxiv.org/abs/2412.11768>`_, 2024 (Algorithm 1).
   """
-  _check_scalar("momentum", momentum, low=0.0, high=1.0)
-  _check_scalar("eps", eps, low=0.0)
-  if not isinstance(normalize, bool | numbers.Integral):
-    raise ValueError(f"normalize must be a bool, got {normalize!r}.")
-  return optax.chain(
-      _transforms.scale_by_gsnr(eps, normalize=bool(normalize), block_axes=block_axes),
-      _transforms.sai_momentum(momentum, mu_dtype=mu_dtype),
-  )
+  return optax.chain(*_direction(momentum, eps, normalize, block_axes, mu_dtype))
