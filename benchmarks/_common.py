@@ -10,6 +10,7 @@ shared machine only ratios measured this way are meaningful.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib
 import math
@@ -548,3 +549,18 @@ def bar_plot(path: str, groups: Mapping[str, Mapping[str, float]],
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def benchmark_parser(doc: str, default_models: Sequence[str], default_optimizers: Sequence[str],
+                     rounds: int, optimizers_note: str = "") -> argparse.ArgumentParser:
+  """The flags every timing benchmark shares: models, optimizers, rounds and results folder."""
+  p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--models", default=",".join(default_models),
+                 help=f"comma-separated, from {sorted(MODELS)}")
+  p.add_argument("--optimizers", default=",".join(default_optimizers),
+                 help=f"comma-separated, from {sorted({**OPTIMIZERS, **VARIANTS})}"
+                 + optimizers_note)
+  p.add_argument("--rounds", type=int, default=rounds, help="interleaved rounds")
+  p.add_argument("--out", default=os.path.join("benchmarks", "results"), help="results folder")
+  return p

@@ -150,15 +150,8 @@ def markdown(rows: Sequence[CompileRow], machine: str, rounds: int) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                 help=f"comma-separated, from {sorted(C.MODELS)}")
-  p.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS),
-                 help=f"comma-separated, from {sorted({**C.OPTIMIZERS, **C.VARIANTS})}; "
-                 "include adamw for the ratios")
-  p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-  p.add_argument("--out", default=os.path.join("benchmarks", "results"), help="results folder")
+  p = C.benchmark_parser(__doc__, DEFAULT_MODELS, DEFAULT_OPTIMIZERS, rounds=3,
+                         optimizers_note="; include adamw for the ratios")
   return p.parse_args(argv)
 
 

@@ -251,18 +251,10 @@ def from_json(record: dict[str, Any]) -> list[ModelResult]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                 help=f"comma-separated, from {sorted(C.MODELS)}")
-  p.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS),
-                 help=f"comma-separated, from {sorted({**C.OPTIMIZERS, **C.VARIANTS})}")
-  p.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
+  p = C.benchmark_parser(__doc__, DEFAULT_MODELS, DEFAULT_OPTIMIZERS, rounds=7)
   p.add_argument("--steps", type=int, default=1, help="timed steps per optimizer per round")
   p.add_argument("--low-memory", choices=("auto", "on", "off"), default="auto",
                  help="one optimizer's buffers resident at a time (auto: if they don't fit)")
-  p.add_argument("--out", default=os.path.join("benchmarks", "results"),
-                 help="results folder")
   p.add_argument("--from-json", default=None,
                  help="re-render the tables and plots of a previous step_time.json (no timing)")
   return p.parse_args(argv)
