@@ -86,6 +86,32 @@ def _replicated(x: jax.Array) -> jax.Array:
   return jax.sharding.reshard(x, jax.sharding.PartitionSpec())
 
 
+def _all_blocks(values: list[jax.Array]) -> jax.Array:
+  """Every block's value of a list of per-leaf arrays, as one vector (one kernel).
+
+  Reducing per leaf (``max`` of each, then a chain of ``maximum``) costs one small kernel
+  per leaf, and XLA pays a fixed compile time per kernel.
+  """
+  return jnp.concatenate([jnp.ravel(v) for v in values])
+
+
+@functools.partial(jax.jit, static_argnames="axes")
+def _capture_leaf(g: jax.Array, value: jax.Array, eps: jax.typing.ArrayLike, *,
+                  axes: tuple[int, ...]) -> jax.Array:
+  """One leaf's per-block values after a capture: kept where captured, else fresh.
+
+  Jitted so that it is traced once per distinct leaf shape, not once per leaf: measured
+  on GPT-2 124M (148 leaves, 9 shapes), tracing and lowering the sgd_sai step took 0.44 s
+  of CPU instead of 1.07 s. XLA inlines the calls (``inline=True``, which inlines them
+  at trace time instead, lowered in 0.60 s).
+  """
+  snr, peak = _gsnr.leaf_capture_stats(g, axes, eps)
+  # Positive whenever usable (a g-SNR that underflows is stored as the smallest normal
+  # number), so that ``gsnr > 0`` stays the capture flag.
+  fresh = jnp.where(_gsnr.block_usable(peak), jnp.maximum(snr, jnp.finfo(snr.dtype).tiny), 0)
+  return jnp.where(value > 0, value, _replicated(fresh.astype(value.dtype)))
+
+
 def _capture_pending(grads: list[jax.Array], axes: list[Any], values: list[jax.Array],
                      normalizer: jax.Array, eps: float,
                      normalize: bool) -> tuple[list[jax.Array], jax.Array]:
@@ -96,16 +122,10 @@ def _capture_pending(grads: list[jax.Array], axes: list[Any], values: list[jax.A
   the first capturing step: while it is 0 no block has been captured, so the maximum over
   all values then is the maximum over the blocks captured now.
   """
-  new_values = []
-  for g, a, v in zip(grads, axes, values, strict=True):
-    snr, usable = _gsnr.leaf_capture_stats(g, a, eps)
-    # Positive whenever usable (a g-SNR that underflows is stored as the smallest normal
-    # number), so that ``gsnr > 0`` stays the capture flag.
-    fresh = jnp.where(usable, jnp.maximum(snr, jnp.finfo(snr.dtype).tiny), 0).astype(v.dtype)
-    new_values.append(jnp.where(v > 0, v, _replicated(fresh)))
+  new_values = [_capture_leaf(g, v, eps, axes=a)
+                for g, a, v in zip(grads, axes, values, strict=True)]
   if normalize:
-    top = functools.reduce(jnp.maximum, [jnp.max(v).astype(normalizer.dtype)
-                                         for v in new_values])
+    top = jnp.max(_all_blocks(new_values)).astype(normalizer.dtype)
     normalizer = jnp.where(normalizer > 0, normalizer, top)
   return new_values, normalizer
 
@@ -120,11 +140,13 @@ def _capture_once(grads: list[jax.Array], axes: list[Any], values: list[jax.Arra
   used to be packed into one flat vector; slicing each leaf's scale back out of it made
   XLA:CPU compile every leaf's elementwise update ~12x slower: measured on GPT-2 124M,
   148 leaves, 2.5 s vs 0.2 s of CPU for the multiplies alone, and 7.0 s -> 3.2 s for the
-  whole sgd_sai step, at no cost to the steady step; see docs/guides/performance.md.)
+  whole sgd_sai step, at no cost to the steady step; see docs/guides/performance.md.
+  A slice with its own offsets is its own kernel: XLA:CPU compiles identical kernels
+  once, so 148 scalar kernels of ~10 distinct shapes are cheap and 148 slices are not.)
   """
   if not values:
     return values, normalizer
-  done = functools.reduce(jnp.logical_and, [jnp.all(v > 0) for v in values])
+  done = jnp.all(_all_blocks(values) > 0)
   return jax.lax.cond(
       done, lambda v, norm: (v, norm),
       lambda v, norm: _capture_pending(grads, axes, v, norm, eps, normalize),
@@ -222,12 +244,15 @@ def scale_by_gsnr(
     for i, v in zip(live, captured, strict=True):
       values[i] = v
 
+    # One reciprocal for all leaves: a division per leaf was one more scalar kernel per
+    # leaf for XLA to compile, whereas the multiply fuses into the leaf's update.
+    inv_norm = 1 / jnp.where(normalizer > 0, normalizer, 1)
+
     def scale_leaf(g, leaf_axes, value):
       if not _gsnr.is_trainable_leaf(g):
         return _zero_update(g)
       # Blocks not captured yet hold 0, so their scale is 0.
-      norm = normalizer.astype(value.dtype)
-      scale = value / jnp.where(norm > 0, norm, 1)
+      scale = value * inv_norm.astype(value.dtype)
       scale = jnp.expand_dims(scale, [i for i in range(g.ndim) if i not in leaf_axes])
       return (g * scale).astype(g.dtype)
 

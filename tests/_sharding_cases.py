@@ -98,6 +98,13 @@ def _diff(a, b):
   return abs_, rel
 
 
+def _diff_of_max(a, b):
+  """The largest ``max |a - b| / max |b|`` over the leaves: the error in units of each
+  array's scale (robust to entries near zero, unlike an entrywise relative error)."""
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))) / np.max(np.abs(np.asarray(y))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
 def _spec(x):
   s = x.sharding
   return "replicated" if s.is_fully_replicated else str(tuple(s.spec))
@@ -445,7 +452,9 @@ def _matrix_cell(axis_type, layout, block_axes, normalize, reference):
   ref_params, ref_state = reference
   dp = _diff(params, ref_params)
   ds = _diff(optax_sai.gsnr_scales(state), optax_sai.gsnr_scales(ref_state))
-  return {"param_abs": dp[0], "scale_rel": ds[1], "init_follows_rule": init_follows,
+  return {"param_abs": dp[0], "param_of_max": _diff_of_max(params, ref_params),
+          "scale_rel": ds[1],
+          "init_follows_rule": init_follows,
           "state_follows_rule": _follows(state, expected),
           "mu_like_params": all(state[1].mu[k].sharding.is_equivalent_to(shardings[k], 3)
                                 for k in shardings),

@@ -57,11 +57,16 @@ def test_closed_form_against_moments(rng):
     assert float(optax_sai.gsnr(jnp.asarray(g), eps=0.0)) == pytest.approx(expected, rel=1e-12)
 
 
+# Both reduction paths: blocks below and above optax_sai._gsnr.LARGE_BLOCK entries.
+SHAPES = [(256, 64), (512, 256)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("magnitude", [1e-30, 1e-20, 1e19, 1e30])
-def test_extreme_magnitudes_neither_overflow_nor_underflow(rng, magnitude):
+def test_extreme_magnitudes_neither_overflow_nor_underflow(rng, magnitude, shape):
   # float32 sums of squares overflow above ~1e19 and underflow below ~1e-23; g-SNR is
   # scale invariant, so the value must be that of the unit-scale gradient (eps -> 0).
-  g = rng.normal(0.1, 1.0, size=(256, 64))
+  g = rng.normal(0.1, 1.0, size=shape)
   expected = np_gsnr(g, eps=0.0)
   value = float(optax_sai.gsnr(jnp.asarray(g * magnitude, jnp.float32), eps=0.0))
   assert value == pytest.approx(expected, rel=1e-4)
@@ -164,3 +169,38 @@ def test_lower_bound_sqrt_n_minus_1(g):
   with jax.enable_x64(True):
     value = float(optax_sai.gsnr(jnp.asarray(g), eps=0.0))
   assert value >= math.sqrt(g.size - 1) * (1 - 1e-9)
+
+
+def test_unusable_blocks_of_the_public_gsnr():
+  # SPEC edge cases as `gsnr` reports them: an all-zero block (n >= 2) has g-SNR 0, a
+  # block with a non-finite entry NaN, a one-entry block 1 (sqrt(n) for n = 1).
+  out = optax_sai.gsnr({
+      "zero": jnp.zeros(4), "nan": jnp.array([1.0, jnp.nan]), "inf": jnp.array([1.0, jnp.inf]),
+      "one": jnp.array([3.0]), "one_zero": jnp.array([0.0]),
+      "stacked": jnp.array([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]])}, block_axes={
+      "zero": None, "nan": None, "inf": None, "one": None, "one_zero": None, "stacked": 0})
+  assert float(out["zero"]) == 0.0
+  assert np.isnan(float(out["nan"])) and np.isnan(float(out["inf"]))
+  assert float(out["one"]) == 1.0 and float(out["one_zero"]) == 1.0
+  np.testing.assert_allclose(np.asarray(out["stacked"]), [math.sqrt(18.0), 0.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("ratio", [1e2, 1e4])
+def test_large_mean_no_cancellation(rng, shape, ratio):
+  # A block whose mean is `ratio` standard deviations (a norm layer's gradient can lean
+  # one way): sum g^2 - n mean^2 would cancel catastrophically in float32 at 1e4.
+  g = rng.normal(ratio, 1.0, size=shape)
+  value = float(optax_sai.gsnr(jnp.asarray(g, jnp.float32), eps=0.0))
+  # The float32 input is what is measured: compare with float64 on the same entries.
+  assert value == pytest.approx(np_gsnr(np.asarray(g, np.float32), eps=0.0), rel=1e-3)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_unusable_large_and_small_blocks(shape):
+  zero = jnp.zeros(shape)
+  nan = zero.at[3, 5].set(jnp.nan)
+  inf = zero.at[0, 0].set(1.0).at[1, 1].set(-jnp.inf)
+  out = optax_sai.gsnr({"zero": zero, "nan": nan, "inf": inf})
+  assert float(out["zero"]) == 0.0
+  assert np.isnan(float(out["nan"])) and np.isnan(float(out["inf"]))

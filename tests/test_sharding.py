@@ -159,8 +159,10 @@ def test_sharding_matrix(multidevice, cell):
   assert set(r) == set(MATRIX)
   out = r[cell]
   assert "error" not in out, out.get("error")
-  # Measured (jax 0.10.2 and 0.12): params within 5e-7 abs, scales within 3e-7 rel.
-  assert out["param_abs"] < PARAM_ATOL
+  # Measured (jax 0.10.2 and 0.12): params within 1.2e-7 of each array's largest value
+  # (one float32 ulp; 1.4e-6 abs with normalize=False, whose unnormalised scales make the
+  # steps ~10x larger), scales within 1.7e-7 rel.
+  assert out["param_of_max"] < 1e-6
   assert out["scale_rel"] < SCALE_RTOL
   assert out["init_follows_rule"] and out["state_follows_rule"]
   assert out["mu_like_params"] and out["gsnr_replicated"]

@@ -81,6 +81,20 @@ class TestScaleByGsnr:
     assert bool(state.captured["a"])
     assert float(state.gsnr["a"]) == pytest.approx(2.0701966, rel=1e-6)
 
+  @pytest.mark.parametrize("bad", [jnp.nan, jnp.inf])
+  def test_non_finite_large_block_not_captured(self, rng, bad):
+    # A block above _gsnr.LARGE_BLOCK entries is reduced differently (single-output
+    # reductions, whose vectorised max can drop a NaN): same capture rule.
+    g = jnp.asarray(rng.normal(0.2, 1.0, size=(512, 256)), jnp.float32)
+    tx = optax_sai.scale_by_gsnr(normalize=False)
+    state = tx.init({"a": g})
+    _, state = tx.update({"a": g.at[100, 7].set(bad)}, state)
+    assert not bool(state.captured["a"])
+    _, state = tx.update({"a": jnp.zeros_like(g)}, state)
+    assert not bool(state.captured["a"])
+    _, state = tx.update({"a": g}, state)
+    assert float(state.gsnr["a"]) == pytest.approx(np_gsnr(np.asarray(g)), rel=1e-5)
+
   def test_one_element_blocks_scale_one(self):
     tx = optax_sai.scale_by_gsnr(normalize=False)
     params = {"s": jnp.array(1.0), "v": jnp.array([2.0])}
