@@ -200,9 +200,9 @@ def block_peak_and_mean(g: jax.Array, axes: tuple[int, ...] = ()) -> tuple[jax.A
   dims = _reduce_axes(g.ndim, axes)
   n = block_size(g.shape, axes)
   if n < LARGE_BLOCK:
-    peak, total = _sums((jnp.abs(g), g), dims, maxima=1)
-  else:
-    peak, total = jnp.max(jnp.abs(g), axis=dims), jnp.sum(g, axis=dims)
+    # sum (g / n) cannot overflow: no guard, no scalar kernel between the passes.
+    return _sums((jnp.abs(g), g * (1 / n)), dims, maxima=1)
+  peak, total = jnp.max(jnp.abs(g), axis=dims), jnp.sum(g, axis=dims)
   # XLA:CPU's vectorised max can drop a NaN (measured: max |g| = 0 for a 512 x 256 block of
   # zeros and one NaN); a sum never does, so a NaN sum marks the block non-finite.
   peak = jnp.where(jnp.isnan(total), jnp.nan, peak)
@@ -224,10 +224,11 @@ def block_centred_sums(g: jax.Array, axes: tuple[int, ...], peak: jax.Array,
   """
   g = g.astype(stats_dtype(g.dtype))
   dims = _reduce_axes(g.ndim, axes)
-  inv = 1 / peak
-  d = g * jnp.expand_dims(inv, dims) - jnp.expand_dims(mean * inv, dims)
+  inv = jnp.expand_dims(1 / peak, dims)
   if block_size(g.shape, axes) < LARGE_BLOCK:
+    d = (g - jnp.expand_dims(mean, dims)) * inv
     return _sums((d, d * d), dims)
+  d = g * inv - jnp.expand_dims(mean / peak, dims)
   return jnp.zeros_like(peak), jnp.sum(jnp.square(d), axis=dims)
 
 
