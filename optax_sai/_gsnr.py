@@ -220,7 +220,9 @@ def block_centred_sums(g: jax.Array, axes: tuple[int, ...], peak: jax.Array,
   skips it and returns 0, saving a third read of the leaf, so that the capture step stays
   within 2x a steady step (measured on GPT-2 124M: 1.98x without it, 2.30x with it). What
   it would correct is the variance's excess ``(mean - m)^2 / var`` from pass 1's rounding
-  of the mean ``m``, ~1e-14 for a block whose mean is 1000 standard deviations.
+  of the mean ``m``. Measured against float64 on blocks whose mean is 1000 (10,000)
+  standard deviations, the g-SNR's relative error is 1.9e-7 (1.5e-6) without it, on a
+  large block, and 8.8e-7 (2.4e-6) with it, on a small one.
   """
   g = g.astype(stats_dtype(g.dtype))
   dims = _reduce_axes(g.ndim, axes)
