@@ -3,11 +3,12 @@
     python -m benchmarks.scaling                      # run (resumes), then write the report
     python -m benchmarks.scaling --report-only        # rewrite table / plots from the log
     python -m benchmarks.scaling --measure-throughput # vmapped vs one-by-one cells per hour
+    python -m benchmarks.scaling --model vit          # the same study of the ViT example
 
-Every cell trains the GPT-2 example's ``tiny`` model (4 layers, 4 heads, context 128,
-batch 16; its width ``n_embd`` is the study's width axis) on the ``stdlib`` corpus (the
-installed standard library's source, byte-level, split by file: see
-``examples/gpt2/prepare.py``) with the example's own data pipeline, loss
+By default (``--model gpt2``) every cell trains the GPT-2 example's ``tiny`` model (4
+layers, 4 heads, context 128, batch 16; its width ``n_embd`` is the study's width axis) on
+the ``stdlib`` corpus (the installed standard library's source, byte-level, split by
+file: see ``examples/gpt2/prepare.py``) with the example's own data pipeline, loss
 (``examples.gpt2.train.build_task``), optimizer factory, decay mask, clipping and
 schedule (``examples.common.optim``) and training step (``examples.common.training``
 ``make_train_step`` / ``make_eval_step``). What the study adds is the batching: the cells
@@ -15,6 +16,12 @@ of one optimizer (its learning rates and seeds) train together as one ``jax.vmap
 program, each member with its own initialisation (its seed) and its own batches (a pure
 function of its seed and step, as in the example); ``--measure-throughput`` measures the
 speed-up against running them one by one.
+
+``--model vit`` runs the same study on the ViT example's ``tiny`` model (4 layers, 4 heads,
+16x16 images in 4x4 patches, batch 64; width ``hidden_size``, MLP ``2 x width``) trained
+on scikit-learn's digits with the example's +-1 pixel shifts, and reports the val
+accuracy beside the loss (results in ``study_scaling/vit``). The digits are the only
+image set every machine has: 1,500 training images, so 3,000 steps are 128 epochs.
 
 Per budget (steps) and width, each optimizer of :data:`OPTIMIZERS` (read with its label
 and default learning rate / weight decay from ``examples.common.optim.REGISTRY`` and the
@@ -56,7 +63,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results" / "study_scaling" / "gpt2"
+RESULTS_ROOT = Path(__file__).resolve().parent / "results" / "study_scaling"
+RESULTS = RESULTS_ROOT / "gpt2"
 OPTIMIZERS = ("sgd_sai", "adamw", "sgdm")
 BUDGETS = (100, 300, 1000, 3000)
 WIDTHS = (128, 64, 256)  # the first is the main width; the others follow within a budget
@@ -64,9 +72,37 @@ REF = "adamw"  # the gap is sgd_sai - REF
 
 
 @dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """How the study drives one example: its tiny config's width fields and study data."""
+
+  example: str  # the package under ``examples``: its ``configs`` and ``train`` modules
+  title: str  # the table's heading
+  loss_unit: str
+  dataset: str  # the study's default dataset
+  overrides: tuple[tuple[str, Any], ...]  # config fields the study changes
+  width_fields: Callable[[int], dict[str, int]]  # width -> config fields
+
+
+MODELS = {
+    # The stdlib corpus (tens of MB of real code): 3,000 steps are 0.2 epochs.
+    "gpt2": ModelSpec(
+        example="gpt2", title="tiny GPT-2 on the `{dataset}` corpus", loss_unit="nats/byte",
+        dataset="stdlib", overrides=(("eval_batches", 16),),
+        width_fields=lambda w: {"n_embd": w}),
+    # scikit-learn's digits (1,500 training images) with the example's +-1 pixel shifts:
+    # many epochs at the longer budgets, evaluated on the 297 held-out images.
+    "vit": ModelSpec(
+        example="vit", title="tiny ViT on scikit-learn's `{dataset}`", loss_unit="nats",
+        dataset="digits", overrides=(("augment", True),),
+        width_fields=lambda w: {"hidden_size": w, "mlp_dim": 2 * w}),
+}
+
+
+@dataclasses.dataclass(frozen=True)
 class Study:
   """The study's axes and per-run settings."""
 
+  model: str = "gpt2"  # a key of MODELS
   optimizers: tuple[str, ...] = OPTIMIZERS
   budgets: tuple[int, ...] = BUDGETS
   widths: tuple[int, ...] = WIDTHS
@@ -77,9 +113,22 @@ class Study:
   largest_budget: int = 3000
   warmup_fraction: float = 0.1
   evals: int = 4  # validation points per run (the last one at the final step)
-  dataset: str = "stdlib"
-  overrides: tuple[tuple[str, Any], ...] = (("eval_batches", 16),)  # config fields
+  dataset: str | None = None  # None: the model's (MODELS)
+  overrides: tuple[tuple[str, Any], ...] | None = None  # config fields; None: the model's
   stages: tuple[tuple[int, int], ...] | None = None  # (budget, width); None: all
+
+  def __post_init__(self):
+    if self.model not in MODELS:
+      raise ValueError(f"unknown model {self.model!r}; choose from {list(MODELS)}")
+    spec = MODELS[self.model]
+    if self.dataset is None:
+      object.__setattr__(self, "dataset", spec.dataset)
+    if self.overrides is None:
+      object.__setattr__(self, "overrides", spec.overrides)
+
+  @property
+  def spec(self) -> ModelSpec:
+    return MODELS[self.model]
 
   def stage_list(self) -> list[tuple[int, int]]:
     if self.stages is not None:
@@ -98,31 +147,38 @@ class Study:
 # --------------------------------------------------------------------------------------
 
 
+def example_module(model: str, name: str):
+  """``examples.<model's example>.<name>`` (``configs``, ``train`` or ``data``)."""
+  import importlib
+
+  return importlib.import_module(f"examples.{MODELS[model].example}.{name}")
+
+
 def base_config(study: Study, width: int, budget: int, key: str, seed: int = 0):
   """The example's tiny config at this width, budget and optimizer (lr set per member)."""
   from examples.common import optim
-  from examples.gpt2 import configs
 
   spec = optim.REGISTRY[key]
-  cfg = configs.get_config("tiny")
+  cfg = example_module(study.model, "configs").get_config("tiny")
   _, wd = optim.registry_defaults(cfg.optimizer_defaults, key)
   warmup = max(1, round(study.warmup_fraction * budget))
   return dataclasses.replace(
-      cfg, dataset=study.dataset, n_embd=width, steps=budget, warmup_steps=warmup,
+      cfg, dataset=study.dataset, steps=budget, warmup_steps=warmup,
       optimizer=spec.optimizer, sai_normalize=spec.sai_normalize, weight_decay=wd,
-      seed=seed, **dict(study.overrides))
+      seed=seed, **study.spec.width_fields(width), **dict(study.overrides))
 
 
-def default_lr(key: str) -> float:
+def default_lr(key: str, model: str = "gpt2") -> float:
+  """The tiny config's default learning rate of registry optimizer ``key``."""
   from examples.common import optim
-  from examples.gpt2 import configs
 
-  return optim.registry_defaults(configs.get_config("tiny").optimizer_defaults, key)[0]
+  cfg = example_module(model, "configs").get_config("tiny")
+  return optim.registry_defaults(cfg.optimizer_defaults, key)[0]
 
 
-def lr_of(key: str, k: int) -> float:
+def lr_of(key: str, k: int, model: str = "gpt2") -> float:
   """Grid point ``k``: the default learning rate times ``10**(k/2)``, 3 significant digits."""
-  return float(f"{default_lr(key) * 10 ** (k / 2):.3g}")
+  return float(f"{default_lr(key, model) * 10 ** (k / 2):.3g}")
 
 
 def cell_id(budget: int, width: int, key: str, k: int, seed: int) -> str:
@@ -182,7 +238,7 @@ def _programs(study: Study, width: int, key: str, task: Any) -> dict[str, Any]:
 
   from examples.common import optim, training
 
-  cache_key = (key, width, study.dataset, study.overrides)
+  cache_key = (study.model, key, width, study.dataset, study.overrides)
   if cache_key in _PROGRAMS:
     return _PROGRAMS[cache_key]
   cfg = task.config
@@ -214,6 +270,11 @@ def _programs(study: Study, width: int, key: str, task: Any) -> dict[str, Any]:
   return _PROGRAMS[cache_key]
 
 
+def _num_outputs(cfg: Any) -> int:
+  """The size of the model's softmax: the vocabulary (GPT-2) or the classes (ViT)."""
+  return getattr(cfg, "vocab_size", None) or cfg.num_classes
+
+
 def train_group(study: Study, budget: int, width: int, key: str,
                 members: Sequence[tuple[float, int]], *, partial: Path | None = None,
                 stop_after: int | None = None, log: Callable[[str], None] = print,
@@ -237,11 +298,10 @@ def train_group(study: Study, budget: int, width: int, key: str,
   import numpy as np
 
   from examples.common import optim
-  from examples.gpt2 import train as gpt2_train
-
   t0, c0 = time.perf_counter(), time.process_time()
+  build_task = example_module(study.model, "train").build_task
   seeds = sorted({s for _, s in members})
-  tasks = {s: gpt2_train.build_task(base_config(study, width, budget, key, s)) for s in seeds}
+  tasks = {s: build_task(base_config(study, width, budget, key, s)) for s in seeds}
   task = tasks[seeds[0]]
   cfg = task.config
   prog = _programs(study, width, key, task)
@@ -308,8 +368,8 @@ def train_group(study: Study, budget: int, width: int, key: str,
     rows.append({
         "lr": lr, "seed": seed, "val_loss": last[2] if finite else None,
         "val_accuracy": last[3] if finite else None, "train_loss": last[1] if finite else None,
-        # Diverged: non-finite, or it ended worse than a uniform guess over the vocabulary.
-        "diverged": (not finite) or last[2] > math.log(cfg.vocab_size),
+        # Diverged: non-finite, or it ended worse than a uniform guess over the outputs.
+        "diverged": (not finite) or last[2] > math.log(_num_outputs(cfg)),
         "curve": [[c[0], *(round(x, 5) if math.isfinite(x) else None for x in c[1:])]
                   for c in curve[i]],
         "group_size": k, "group_wall_s": round(wall, 2),
@@ -402,7 +462,7 @@ def run_study(study: Study, out: Path, *, log: Callable[[str], None] = print,
         state = grid_state(study, read_cells(out), budget, width, key)
         if not state["next"]:
           break
-        members = [(lr_of(key, k), s) for k, s in state["next"]]
+        members = [(lr_of(key, k, study.model), s) for k, s in state["next"]]
         phase = "seeds" if any(s for _, s in state["next"]) else (
             "grid" if all(k in study.grid_ks for k, _ in state["next"]) else "extend")
         name = hashlib.sha1(repr((budget, width, key, state["next"])).encode()).hexdigest()
@@ -483,17 +543,20 @@ def analyse(study: Study, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
       grid_done = best_k is not None
       info: dict[str, Any] = {
           "label": optim.REGISTRY[key].label, "grid_done": grid_done,
-          "points": sorted([lr_of(key, k), _loss(r)] for (k, s), r in mine.items() if s == 0),
-          "extended": [lr_of(key, k) for k in state["extended"]], "edge": state["edge"],
+          "points": sorted([lr_of(key, k, study.model), _loss(r)]
+                           for (k, s), r in mine.items() if s == 0),
+          "extended": [lr_of(key, k, study.model) for k in state["extended"]],
+          "edge": state["edge"],
           "pending": len(state["next"]) > 0,
       }
       if grid_done:
         seeds = {s: r for (k, s), r in mine.items() if k == best_k}
         losses = [_loss(r) for r in seeds.values()]
-        info.update(best_lr=lr_of(key, best_k), seeds=sorted(seeds),
+        info.update(best_lr=lr_of(key, best_k, study.model), seeds=sorted(seeds),
                     per_seed={s: _loss(r) for s, r in seeds.items()},
                     mean=statistics.fmean(losses), lo=min(losses), hi=max(losses),
                     acc=statistics.fmean(r["val_accuracy"] or 0.0 for r in seeds.values()),
+                    acc_per_seed={s: r["val_accuracy"] or 0.0 for s, r in seeds.items()},
                     curve=seeds[0]["curve"] if 0 in seeds else None)
         for tol in (0.02, 0.05):
           w, is_open = band_width(info["points"], tol)
@@ -505,9 +568,14 @@ def analyse(study: Study, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
       if a and b and a.get("mean") is not None and b.get("mean") is not None:
         paired = [a["per_seed"][s] - b["per_seed"][s] for s in a["per_seed"]
                   if s in b["per_seed"]]
+        paired_acc = [a["acc_per_seed"][s] - b["acc_per_seed"][s] for s in a["per_seed"]
+                      if s in b["per_seed"]]
         entry[f"gap_{other}"] = {
             "mean": a["mean"] - b["mean"], "paired": paired,
             "lo": min(paired) if paired else None, "hi": max(paired) if paired else None,
+            "acc_mean": a["acc"] - b["acc"],
+            "acc_lo": min(paired_acc) if paired_acc else None,
+            "acc_hi": max(paired_acc) if paired_acc else None,
             "final": not (a["pending"] or b["pending"])}
     stages.append(entry)
   return {"stages": stages, "trend": gap_trend(study, stages)}
@@ -539,18 +607,28 @@ def gap_trend(study: Study, stages: Sequence[dict[str, Any]]) -> dict[str, Any]:
   return out
 
 
-def epochs_per_budget(study: Study, budgets: Sequence[int]) -> dict[int, float] | None:
-  """Training epochs of the corpus each budget implies (batch x context tokens per step)."""
-  from examples.gpt2 import configs
-  from examples.gpt2 import data as data_lib
-
-  meta_path = data_lib.resolve_data_dir(study.dataset) / "meta.json"
+def train_set_size(study: Study) -> tuple[int, str] | None:
+  """``(size, unit)`` of the training split: tokens of the corpus (GPT-2), images (ViT)."""
+  if study.model == "vit":
+    data_lib = example_module("vit", "data")
+    if study.dataset != "digits":
+      return None
+    return len(data_lib.load_digits_split()[1]), "training images"
+  meta_path = example_module("gpt2", "data").resolve_data_dir(study.dataset) / "meta.json"
   if not meta_path.exists():
     return None
-  meta = json.loads(meta_path.read_text())
-  cfg = dataclasses.replace(configs.get_config("tiny"), **dict(study.overrides))
-  per_step = cfg.batch_size * cfg.block_size
-  return {b: b * per_step / meta["train_tokens"] for b in budgets}
+  return int(json.loads(meta_path.read_text())["train_tokens"]), "training bytes"
+
+
+def epochs_per_budget(study: Study, budgets: Sequence[int]) -> dict[int, float] | None:
+  """Training epochs each budget implies: batch (x context) per step over the split's size."""
+  size = train_set_size(study)
+  if size is None:
+    return None
+  cfg = dataclasses.replace(example_module(study.model, "configs").get_config("tiny"),
+                            **dict(study.overrides))
+  per_step = cfg.batch_size * getattr(cfg, "block_size", 1)
+  return {b: b * per_step / size[0] for b in budgets}
 
 
 # --------------------------------------------------------------------------------------
@@ -566,24 +644,44 @@ def _f(x: Any, d: int = 3) -> str:
   return str(x)
 
 
+NOTES = {
+    "gpt2": "The ViT's study is in `../vit/table.md` (its data, scikit-learn's digits, "
+            "repeats: see there).",
+    "vit": "Data: scikit-learn's digits (bundled, no download), 1,500 training and 297 "
+           "held-out images, with the example's augmentation (random shifts of up to one "
+           "source pixel). It is the only image set on every machine, so the longer budgets "
+           "train for many epochs (listed above): they measure how each optimizer does when "
+           "a small data set is seen many times, not a single pass over fresh data as the "
+           "GPT-2 study on the `stdlib` corpus does.",
+}
+
+
 def write_table(study: Study, analysis: dict[str, Any], out: Path, meta: dict[str, Any]) -> str:
   """``table.md``: best cells, gaps and sensitivity per stage; not-yet-run stages named."""
   from examples.common import optim
 
+  spec = study.spec
+  acc = study.model == "vit"  # classification: accuracy columns beside the loss
   lines = [
-      "# Budget-scaling study: tiny GPT-2 on the `stdlib` corpus",
+      f"# Budget-scaling study: {spec.title.format(dataset=study.dataset)}",
       "",
-      "Best seed-mean final val loss (nats/byte) per optimizer, with its learning rate, "
-      "its seeds and their range [min, max]. Gap = sgd_sai - adamw (and - sgdm) of the "
-      "seed means; in brackets the range of the per-seed paired differences (same seed = "
-      "same initialisation and batches). Stages marked *partial* are still running.",
+      f"Best seed-mean final val loss ({spec.loss_unit}) per optimizer (the best learning "
+      "rate is the one with the lowest seed-0 val loss), with its learning rate, its seeds "
+      "and their range [min, max]"
+      + (", and the val accuracy (%) of those runs" if acc else "")
+      + ". Gap = sgd_sai - adamw (and - sgdm) of the seed means; in brackets the range of "
+      "the per-seed paired differences (same seed = same initialisation and batches). "
+      "Stages marked *partial* are still running.",
       "",
-      "| steps | width | optimizer | best lr | seeds | val loss | seed range | grid "
-      "(seed 0) | extended | band 2% (dec) | band 5% (dec) |",
-      "|---|---|---|---|---|---|---|---|---|---|---|",
+      "| steps | width | optimizer | best lr | seeds | val loss | seed range | "
+      + ("val acc % | " if acc else "")
+      + "grid (seed 0) | extended | band 2% (dec) | band 5% (dec) |",
+      "|---|---|---|---|---|---|---|" + ("---|" if acc else "") + "---|---|---|---|",
   ]
   gaps = ["", "| steps | width | sgd_sai - adamw [paired range] | sgd_sai - sgdm "
-          "[paired range] | status |", "|---|---|---|---|---|"]
+          "[paired range] | "
+          + ("accuracy points vs adamw | vs sgdm | " if acc else "") + "status |",
+          "|---|---|---|---|" + ("---|---|" if acc else "") + "---|"]
   missing = []
   for st in analysis["stages"]:
     b, w = st["budget"], st["width"]
@@ -594,15 +692,15 @@ def write_table(study: Study, analysis: dict[str, Any], out: Path, meta: dict[st
       info = st["optimizers"].get(key)
       if info is None:
         lines.append(f"| {b} | {w} | {optim.REGISTRY[key].label} | not yet run "
-                     + "| " * 7 + "|")
+                     + "| " * (8 if acc else 7) + "|")
         continue
       grid = ", ".join(f"{lr:g}: {_f(loss)}" for lr, loss in info["points"])
       ext = ", ".join(f"{x:g}" for x in info["extended"]) or "no"
       if info["edge"]:
         ext += f" (best still at the {info['edge']} edge: cap reached)"
       if not info["grid_done"]:
-        lines.append(f"| {b} | {w} | {info['label']} | *grid partial* | | | | {grid} "
-                     f"| {ext} | | |")
+        lines.append(f"| {b} | {w} | {info['label']} | *grid partial* | | | | "
+                     + ("| " if acc else "") + f"{grid} | {ext} | | |")
         continue
 
       def band(t: int, info=info) -> str:
@@ -611,7 +709,8 @@ def write_table(study: Study, analysis: dict[str, Any], out: Path, meta: dict[st
       lines.append(
           f"| {b} | {w} | {info['label']} | {info['best_lr']:g} | "
           f"{','.join(map(str, info['seeds']))}{' *partial*' if info['pending'] else ''} | "
-          f"{_f(info['mean'])} | [{_f(info['lo'])}, {_f(info['hi'])}] | {grid} | {ext} | "
+          f"{_f(info['mean'])} | [{_f(info['lo'])}, {_f(info['hi'])}] | "
+          + (f"{100 * info['acc']:.1f} | " if acc else "") + f"{grid} | {ext} | "
           f"{band(2)} | {band(5)} |")
     ga, gs = st.get("gap_adamw"), st.get("gap_sgdm")
 
@@ -620,8 +719,15 @@ def write_table(study: Study, analysis: dict[str, Any], out: Path, meta: dict[st
         return "—"
       return f"{g['mean']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}]"
 
+    def gap_acc(g):
+      if g is None:
+        return "—"
+      return (f"{100 * g['acc_mean']:+.1f} [{100 * g['acc_lo']:+.1f}, "
+              f"{100 * g['acc_hi']:+.1f}]")
+
     status = "final" if ga and ga["final"] and gs and gs["final"] else "partial"
-    gaps.append(f"| {b} | {w} | {gap(ga)} | {gap(gs)} | {status} |")
+    gaps.append(f"| {b} | {w} | {gap(ga)} | {gap(gs)} | "
+                + (f"{gap_acc(ga)} | {gap_acc(gs)} | " if acc else "") + f"{status} |")
   lines += gaps
   sens = ["", "Sensitivity: width in decades of each optimizer's learning-rate band within 2% "
           "(5%) of its best final loss ('>=': the band reaches the grid's edge).", "",
@@ -651,18 +757,12 @@ def write_table(study: Study, analysis: dict[str, Any], out: Path, meta: dict[st
   if epochs:
     lines += ["", "Epochs of the training split each budget implies: " + ", ".join(
         f"{b} steps = {e:.3f}" for b, e in sorted(epochs.items(), key=lambda x: int(x[0])))
-        + f" ({meta.get('train_tokens', 0):,} training bytes)."]
+        + f" ({meta.get('train_size', 0):,} {meta.get('train_unit', '')})."]
   if missing:
     lines += ["", "Not yet run (pending; each is queued in the order listed, cheapest first): "
               + ", ".join(f"{b} steps at width {w}" for b, w in missing) + "."]
+  lines += ["", NOTES[study.model], ""] if study.model in NOTES else [""]
   lines += [
-      "",
-      "ViT: not run. This pipeline trains the GPT-2 example only. The ViT example's "
-      "built-in data, scikit-learn's digits, has 1,500 training images: at its batch of "
-      "64, 3,000 steps would be 128 epochs, measuring memorisation (the data rule this "
-      "study keeps for GPT-2), and no larger image set is on this machine without a "
-      "download; on CPU the ViT stages would also have competed with the GPT-2 ones.",
-      "",
       "Band = width in decades of the learning-rate interval around the best point whose "
       "seed-0 final loss is within 2% (5%) of the best, interpolated linearly in log lr; "
       "'>=' when it reaches the grid's edge. Grid: each optimizer's tiny default x "
@@ -686,28 +786,37 @@ def plot(study: Study, analysis: dict[str, Any], out: Path) -> list[Path]:
   from examples.common import optim
 
   paths = []
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-  for ax, other in zip(axes, ("adamw", "sgdm"), strict=True):
-    for width in study.widths:
-      pts = [(st["budget"], st[f"gap_{other}"]) for st in analysis["stages"]
-             if st["width"] == width and st.get(f"gap_{other}")]
-      if not pts:
-        continue
-      xs = [b for b, _ in pts]
-      ys = [g["mean"] for _, g in pts]
-      err = [[max(g["mean"] - g["lo"], 0) for _, g in pts],
-             [max(g["hi"] - g["mean"], 0) for _, g in pts]]
-      ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"width {width}")
-    ax.axhline(0.0, color="grey", lw=0.8)
-    ax.set_xscale("log")
-    ax.set(xlabel="training steps (own warmup + cosine schedule)",
-           ylabel=f"val loss: sgd_sai - {other} (nats)",
-           title=f"SGD-SaI minus {optim.REGISTRY[other].label}, tuned lr each")
-    ax.grid(alpha=0.3, which="both")
-    if ax.get_legend_handles_labels()[0]:
-      ax.legend(fontsize=8)
-    else:
-      ax.text(0.5, 0.5, "no finished stage yet", ha="center", transform=ax.transAxes)
+  # Gap rows: val loss (both models), and val accuracy in points (the ViT).
+  metrics = [("", 1.0, f"val loss: sgd_sai - {{}} ({study.spec.loss_unit})")]
+  if study.model == "vit":
+    metrics.append(("acc_", 100.0, "val accuracy: sgd_sai - {} (points)"))
+  fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 4 * len(metrics)),
+                           constrained_layout=True, squeeze=False)
+  for row, (prefix, factor, ylabel) in zip(axes, metrics, strict=True):
+    for ax, other in zip(row, ("adamw", "sgdm"), strict=True):
+      for width in study.widths:
+        pts = [(st["budget"], st[f"gap_{other}"]) for st in analysis["stages"]
+               if st["width"] == width and st.get(f"gap_{other}")
+               and math.isfinite(st[f"gap_{other}"]["mean"])]  # not where one diverged
+        if not pts:
+          continue
+        mean = [factor * g[f"{prefix}mean"] for _, g in pts]
+        lo = [factor * g[f"{prefix}lo"] for _, g in pts]
+        hi = [factor * g[f"{prefix}hi"] for _, g in pts]
+        err = [[max(m - x, 0) for m, x in zip(mean, lo, strict=True)],
+               [max(x - m, 0) for m, x in zip(mean, hi, strict=True)]]
+        ax.errorbar([b for b, _ in pts], mean, yerr=err, marker="o", capsize=3,
+                    label=f"width {width}")
+      ax.axhline(0.0, color="grey", lw=0.8)
+      ax.set_xscale("log")
+      ax.set(xlabel="training steps (own warmup + cosine schedule)",
+             ylabel=ylabel.format(other),
+             title=f"SGD-SaI minus {optim.REGISTRY[other].label}, tuned lr each")
+      ax.grid(alpha=0.3, which="both")
+      if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+      else:
+        ax.text(0.5, 0.5, "no finished stage yet", ha="center", transform=ax.transAxes)
   path = out / "gap.png"
   fig.savefig(path, dpi=90)
   plt.close(fig)
@@ -763,13 +872,13 @@ def report(study: Study, out: Path, command: str = "") -> dict[str, Any]:
       "compute_h": sum(g[3] for g in groups) / 3600,
       "host": f"{platform.machine()}, {os.cpu_count()} CPU cores",
   }
-  from examples.gpt2 import data as data_lib
-
-  meta_path = data_lib.resolve_data_dir(study.dataset) / "meta.json"
-  if meta_path.exists():
-    data_meta = json.loads(meta_path.read_text())
-    meta["train_tokens"] = data_meta["train_tokens"]
-    meta["data"] = data_meta
+  size = train_set_size(study)
+  if size is not None:
+    meta["train_size"], meta["train_unit"] = size
+  if study.model == "gpt2":  # the corpus's own description: files, bytes, split
+    meta_path = example_module("gpt2", "data").resolve_data_dir(study.dataset) / "meta.json"
+    if meta_path.exists():
+      meta["data"] = json.loads(meta_path.read_text())
   write_table(study, analysis, out, meta)
   if rows:
     plot(study, analysis, out)
@@ -793,17 +902,17 @@ def measure_throughput(study: Study, out: Path, budget: int = 100, width: int = 
   """Cells per hour of ``n`` learning rates: the example's ``fit`` one cell at a time, all
   ``n`` as one vmapped group, and (``single``) this module's trainer one cell at a time.
   The load average before each phase is recorded: on a shared machine it varies."""
-  from examples.gpt2 import train as gpt2_train
+  train_fn = example_module(study.model, "train").train
 
   ks = list(study.grid_ks)[:n]
-  members = [(lr_of(key, k), 0) for k in ks]
+  members = [(lr_of(key, k, study.model), 0) for k in ks]
   loads = {"fit": os.getloadavg()}
   t, c = time.perf_counter(), time.process_time()
   fit_losses = []
   for lr, seed in members:
     cfg = dataclasses.replace(base_config(study, width, budget, key, seed), learning_rate=lr,
                               eval_every=budget)
-    fit_losses.append(gpt2_train.train(cfg, workdir=None, progress=False)["val_loss"])
+    fit_losses.append(train_fn(cfg, workdir=None, progress=False)["val_loss"])
   fit_s, fit_cpu = time.perf_counter() - t, time.process_time() - c
   loads["group"] = os.getloadavg()
   t, c = time.perf_counter(), time.process_time()
@@ -846,7 +955,9 @@ def measure_throughput(study: Study, out: Path, budget: int = 100, width: int = 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--out", type=Path, default=RESULTS)
+  parser.add_argument("--model", choices=list(MODELS), default="gpt2")
+  parser.add_argument("--out", type=Path, default=None,
+                      help="results folder (default: benchmarks/results/study_scaling/MODEL)")
   parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS))
   parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
   parser.add_argument("--widths", type=int, nargs="+", default=list(WIDTHS))
@@ -858,9 +969,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   unknown = [k for k in args.optimizers if k not in optim.REGISTRY]
   if unknown:
     parser.error(f"unknown optimizers {unknown}; the registry has {list(optim.REGISTRY)}")
-  study = Study(optimizers=tuple(args.optimizers), budgets=tuple(args.budgets),
-                widths=tuple(args.widths))
-  command = "python -m benchmarks.scaling" + "".join(
+  study = Study(model=args.model, optimizers=tuple(args.optimizers),
+                budgets=tuple(args.budgets), widths=tuple(args.widths))
+  if args.out is None:
+    args.out = RESULTS_ROOT / args.model
+  command = "python -m benchmarks.scaling" + (
+      f" --model {args.model}" if args.model != "gpt2" else "") + "".join(
       f" --{name} {' '.join(map(str, getattr(args, name)))}"
       for name, default in (("optimizers", OPTIMIZERS), ("budgets", BUDGETS),
                             ("widths", WIDTHS))

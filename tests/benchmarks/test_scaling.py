@@ -161,3 +161,38 @@ def test_stdlib_corpus_is_split_by_file_and_skips_site_packages(tmp_path):
     assert meta[f"{split}_tokens"] == len(expected)
   assert meta["train_files"] + meta["val_files"] == len(files)  # site-packages skipped
   assert data_lib.load_meta(tmp_path / "out")["vocab_size"] == 256
+
+
+def test_vit_study_uses_the_vit_example_and_reports_accuracy(tmp_path):
+  """``model="vit"``: the ViT example's tiny config at the study's width, its own learning
+  rates, and a table with the val accuracy and its gap beside the loss."""
+  from examples.vit import configs as vit_configs
+
+  study = scaling.Study(model="vit", optimizers=("sgd_sai", "adamw"), budgets=(4,),
+                        widths=(16,), grid_ks=(-2, -1), max_extend=0, seeds_best=(),
+                        seeds_best_largest=(), evals=2)
+  assert study.dataset == "digits" and dict(study.overrides) == {"augment": True}
+  cfg = scaling.base_config(study, 32, 4, "adamw", seed=3)
+  assert (cfg.hidden_size, cfg.mlp_dim, cfg.steps, cfg.seed) == (32, 64, 4, 3)
+  table = {n: lr for n, lr, _ in vit_configs.get_config("tiny").optimizer_defaults}
+  assert scaling.lr_of("sgd_sai", 0, "vit") == pytest.approx(table["sgd_sai"])
+  assert scaling.lr_of("adamw", -2, "vit") == pytest.approx(table["adamw"] / 10, rel=1e-2)
+
+  assert scaling.run_study(study, tmp_path, log=lambda s: None) == {"trained": 4, "groups": 2}
+  rows = scaling.read_cells(tmp_path)
+  for r in rows:
+    assert r["lr"] == pytest.approx(scaling.lr_of(r["optimizer"], r["k"], "vit"))
+    assert 0.0 <= r["val_accuracy"] <= 1.0
+    # 297 held-out images: the accuracy is a whole number of them.
+    assert r["val_accuracy"] * 297 == pytest.approx(round(r["val_accuracy"] * 297), abs=1e-6)
+    assert r["num_params"] < 50_000  # width 16, not the tiny config's 64
+  summary = scaling.report(study, tmp_path, "cmd")
+  st = summary["stages"][0]
+  a, b = st["optimizers"]["sgd_sai"], st["optimizers"]["adamw"]
+  assert st["gap_adamw"]["acc_mean"] == pytest.approx(a["acc"] - b["acc"])
+  assert a["acc"] == pytest.approx(a["acc_per_seed"][0])
+  # 4 steps of 64 images over the 1,500 training images.
+  assert summary["epochs"][4] == pytest.approx(4 * 64 / 1500)
+  text = (tmp_path / "table.md").read_text()
+  assert "tiny ViT" in text and "val acc %" in text and "1,500 training images" in text
+  assert (tmp_path / "gap.png").stat().st_size > 1000
