@@ -180,6 +180,15 @@ def test_vit_study_uses_the_vit_example_and_reports_accuracy(tmp_path):
 
   assert scaling.run_study(study, tmp_path, log=lambda s: None) == {"trained": 4, "groups": 2}
   rows = scaling.read_cells(tmp_path)
+  # A member of the vmapped group trains as the ViT example's own ``fit`` does.
+  from examples.vit import train as vit_train
+
+  row = next(r for r in rows if r["optimizer"] == "adamw" and r["k"] == -1)
+  cfg = dataclasses.replace(scaling.base_config(study, 16, 4, "adamw", 0),
+                            learning_rate=row["lr"], eval_every=4)
+  fit = vit_train.train(cfg, workdir=None, progress=False)
+  assert row["val_loss"] == pytest.approx(fit["val_loss"], rel=1e-4)
+  assert row["val_accuracy"] == pytest.approx(fit["val_accuracy"])
   for r in rows:
     assert r["lr"] == pytest.approx(scaling.lr_of(r["optimizer"], r["k"], "vit"))
     assert 0.0 <= r["val_accuracy"] <= 1.0
