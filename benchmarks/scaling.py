@@ -491,13 +491,15 @@ def run_study(study: Study, out: Path, *, log: Callable[[str], None] = print,
 # --------------------------------------------------------------------------------------
 
 
-def band_width(points: Sequence[tuple[float, float]], tol: float) -> tuple[float, bool]:
+def band_width(points: Sequence[tuple[float, float]], tol: float,
+               absolute: bool = False) -> tuple[float, bool]:
   """Width in decades of the contiguous lr band around the best point whose loss is within
   ``tol`` (relative) of the best, interpolating linearly in ``log10(lr)`` between points.
 
   Args:
     points: ``(lr, loss)`` pairs (``inf`` loss for diverged points).
     tol: 0.02 for "within 2%".
+    absolute: ``tol`` is absolute (a classification error within 0.02 = 2 points).
 
   Returns:
     ``(width, open)``; ``open`` is True when the band reaches the grid's edge (the true
@@ -510,7 +512,7 @@ def band_width(points: Sequence[tuple[float, float]], tol: float) -> tuple[float
   best = pts[i][1]
   if math.isinf(best):
     return 0.0, False
-  limit = best * (1 + tol)
+  limit = best + tol if absolute else best * (1 + tol)
   ends, is_open = [], False
   for step in (-1, 1):
     j = i
@@ -545,6 +547,10 @@ def analyse(study: Study, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
           "label": optim.REGISTRY[key].label, "grid_done": grid_done,
           "points": sorted([lr_of(key, k, study.model), _loss(r)]
                            for (k, s), r in mine.items() if s == 0),
+          # Seed-0 val accuracy per learning rate, -inf where the cell diverged.
+          "acc_points": sorted([lr_of(key, k, study.model),
+                                -math.inf if math.isinf(_loss(r)) else r["val_accuracy"]]
+                               for (k, s), r in mine.items() if s == 0),
           "extended": [lr_of(key, k, study.model) for k in state["extended"]],
           "edge": state["edge"],
           "pending": len(state["next"]) > 0,
@@ -562,6 +568,11 @@ def analyse(study: Study, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
           w, is_open = band_width(info["points"], tol)
           info[f"band{int(tol * 100)}"] = round(w, 3)
           info[f"band{int(tol * 100)}_open"] = is_open
+          if study.model == "vit":  # the band of accuracy within 2 (5) points of the best
+            w, is_open = band_width([(lr, 1.0 - a) for lr, a in info["acc_points"]], tol,
+                                    absolute=True)
+            info[f"band_acc{int(tol * 100)}"] = round(w, 3)
+            info[f"band_acc{int(tol * 100)}_open"] = is_open
       entry["optimizers"][key] = info
     for other in ("adamw", "sgdm"):
       a, b = entry["optimizers"].get("sgd_sai"), entry["optimizers"].get(other)
@@ -695,6 +706,10 @@ def write_table(study: Study, analysis: dict[str, Any], out: Path, meta: dict[st
                      + "| " * (8 if acc else 7) + "|")
         continue
       grid = ", ".join(f"{lr:g}: {_f(loss)}" for lr, loss in info["points"])
+      if acc:  # and each point's accuracy
+        grid = ", ".join(
+            f"{lr:g}: {_f(loss)}" + (f" ({100 * a:.0f}%)" if math.isfinite(a) else "")
+            for (lr, loss), (_, a) in zip(info["points"], info["acc_points"], strict=True))
       ext = ", ".join(f"{x:g}" for x in info["extended"]) or "no"
       if info["edge"]:
         ext += f" (best still at the {info['edge']} edge: cap reached)"
@@ -730,25 +745,34 @@ def write_table(study: Study, analysis: dict[str, Any], out: Path, meta: dict[st
                 + (f"{gap_acc(ga)} | {gap_acc(gs)} | " if acc else "") + f"{status} |")
   lines += gaps
   sens = ["", "Sensitivity: width in decades of each optimizer's learning-rate band within 2% "
-          "(5%) of its best final loss ('>=': the band reaches the grid's edge).", "",
-          "| steps | width | " + " | ".join(study.optimizers) + " |",
-          "|---|---|" + "---|" * len(study.optimizers)]
+          "(5%) of its best final loss ('>=': the band reaches the grid's edge)"
+          + ("; for the accuracy, within 2 (5) points of its best accuracy" if acc else "")
+          + ".", "",
+          "| steps | width | " + " | ".join(study.optimizers)
+          + "".join(f" | {k}, accuracy" for k in study.optimizers if acc) + " |",
+          "|---|---|" + "---|" * len(study.optimizers) * (2 if acc else 1)]
   for st in analysis["stages"]:
     cells = []
-    for key in study.optimizers:
-      info = st["optimizers"].get(key) or {}
-      if "band2" not in info:
-        cells.append("—")
-        continue
-      cells.append(" / ".join((">=" if info[f"band{t}_open"] else "") + f"{info[f'band{t}']:.2f}"
-                              for t in (2, 5)))
+    for prefix in ("band", "band_acc") if acc else ("band",):
+      for key in study.optimizers:
+        info = st["optimizers"].get(key) or {}
+        if f"{prefix}2" not in info:
+          cells.append("—")
+          continue
+        cells.append(" / ".join((">=" if info[f"{prefix}{t}_open"] else "")
+                                + f"{info[f'{prefix}{t}']:.2f}" for t in (2, 5)))
     if any(c != "—" for c in cells):
       sens.append(f"| {st['budget']} | {st['width']} | " + " | ".join(cells) + " |")
   lines += sens
   for name, t in analysis.get("trend", {}).items():
     other, width = name.split("_w")
-    where = (f"would reach zero near {t['zero_at_steps']:,.0f} steps if the trend held"
-             if t["zero_at_steps"] else "is not closing")
+    zero = t["zero_at_steps"]
+    if zero is None:
+      where = "is not closing"
+    elif zero > 1e7:
+      where = "is closing too slowly to reach zero within 10^7 steps"
+    else:
+      where = f"would reach zero near {zero:,.0f} steps if the trend held"
     lines.append(f"\nTrend, width {width}, sgd_sai - {other} over budgets "
                  f"{', '.join(map(str, t['budgets']))}: {t['slope_per_decade']:+.3f} nats per "
                  f"decade of steps; the gap {where} (a line through "

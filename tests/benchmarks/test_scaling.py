@@ -31,6 +31,11 @@ def test_band_width_interpolates_in_log_lr():
   # A diverged neighbour closes the band at that neighbour.
   width, _ = scaling.band_width([(0.01, math.inf), (0.1, 1.0), (1.0, math.inf)], 0.02)
   assert width == pytest.approx(2.0)
+  # Absolute: error rates within 2 points of the best 0.05, i.e. up to 0.07. Left: 0.02 of
+  # the 0.25 rise to lr 0.01, 8% of a decade; right: lr 1 (0.06) is inside, at the edge.
+  points = [(0.01, 0.30), (0.1, 0.05), (1.0, 0.06)]
+  width, is_open = scaling.band_width(points, 0.02, absolute=True)
+  assert width == pytest.approx(1.08) and is_open
 
 
 def test_gap_trend_fits_a_line_in_log_steps():
@@ -202,6 +207,7 @@ def test_vit_study_uses_the_vit_example_and_reports_accuracy(tmp_path):
   assert a["acc"] == pytest.approx(a["acc_per_seed"][0])
   # 4 steps of 64 images over the 1,500 training images.
   assert summary["epochs"][4] == pytest.approx(4 * 64 / 1500)
+  assert {"band_acc2", "band_acc5"} <= set(a) and len(a["acc_points"]) == 2
   text = (tmp_path / "table.md").read_text()
   assert "tiny ViT" in text and "val acc %" in text and "1,500 training images" in text
   assert (tmp_path / "gap.png").stat().st_size > 1000
