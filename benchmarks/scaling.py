@@ -64,7 +64,6 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results" / "study_scaling"
-RESULTS = RESULTS_ROOT / "gpt2"
 OPTIMIZERS = ("sgd_sai", "adamw", "sgdm")
 BUDGETS = (100, 300, 1000, 3000)
 WIDTHS = (128, 64, 256)  # the first is the main width; the others follow within a budget
@@ -81,6 +80,8 @@ class ModelSpec:
   dataset: str  # the study's default dataset
   overrides: tuple[tuple[str, Any], ...]  # config fields the study changes
   width_fields: Callable[[int], dict[str, int]]  # width -> config fields
+  accuracy: bool  # report the val accuracy (and its gaps and bands) beside the loss
+  note: str  # the table's paragraph on the data
 
 
 MODELS = {
@@ -88,13 +89,21 @@ MODELS = {
     "gpt2": ModelSpec(
         example="gpt2", title="tiny GPT-2 on the `{dataset}` corpus", loss_unit="nats/byte",
         dataset="stdlib", overrides=(("eval_batches", 16),),
-        width_fields=lambda w: {"n_embd": w}),
+        width_fields=lambda w: {"n_embd": w}, accuracy=False,
+        note="The ViT's study is in `../vit/table.md` (its data, scikit-learn's digits, "
+             "repeats: see there)."),
     # scikit-learn's digits (1,500 training images) with the example's +-1 pixel shifts:
     # many epochs at the longer budgets, evaluated on the 297 held-out images.
     "vit": ModelSpec(
         example="vit", title="tiny ViT on scikit-learn's `{dataset}`", loss_unit="nats",
         dataset="digits", overrides=(("augment", True),),
-        width_fields=lambda w: {"hidden_size": w, "mlp_dim": 2 * w}),
+        width_fields=lambda w: {"hidden_size": w, "mlp_dim": 2 * w}, accuracy=True,
+        note="Data: scikit-learn's digits (bundled, no download), 1,500 training and 297 "
+             "held-out images, with the example's augmentation (random shifts of up to one "
+             "source pixel). It is the only image set on every machine, so the longer "
+             "budgets train for many epochs (listed above): they measure how each optimizer "
+             "does when a small data set is seen many times, not a single pass over fresh "
+             "data as the GPT-2 study on the `stdlib` corpus does."),
 }
 
 
@@ -568,7 +577,7 @@ def analyse(study: Study, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
           w, is_open = band_width(info["points"], tol)
           info[f"band{int(tol * 100)}"] = round(w, 3)
           info[f"band{int(tol * 100)}_open"] = is_open
-          if study.model == "vit":  # the band of accuracy within 2 (5) points of the best
+          if study.spec.accuracy:  # the band of accuracy within 2 (5) points of the best
             w, is_open = band_width([(lr, 1.0 - a) for lr, a in info["acc_points"]], tol,
                                     absolute=True)
             info[f"band_acc{int(tol * 100)}"] = round(w, 3)
@@ -618,6 +627,12 @@ def gap_trend(study: Study, stages: Sequence[dict[str, Any]]) -> dict[str, Any]:
   return out
 
 
+def _corpus_meta(study: Study) -> dict[str, Any] | None:
+  """The prepared GPT-2 corpus's ``meta.json`` (files, bytes, split), if prepared."""
+  meta_path = example_module("gpt2", "data").resolve_data_dir(study.dataset) / "meta.json"
+  return json.loads(meta_path.read_text()) if meta_path.exists() else None
+
+
 def train_set_size(study: Study) -> tuple[int, str] | None:
   """``(size, unit)`` of the training split: tokens of the corpus (GPT-2), images (ViT)."""
   if study.model == "vit":
@@ -625,10 +640,8 @@ def train_set_size(study: Study) -> tuple[int, str] | None:
     if study.dataset != "digits":
       return None
     return len(data_lib.load_digits_split()[1]), "training images"
-  meta_path = example_module("gpt2", "data").resolve_data_dir(study.dataset) / "meta.json"
-  if not meta_path.exists():
-    return None
-  return int(json.loads(meta_path.read_text())["train_tokens"]), "training bytes"
+  meta = _corpus_meta(study)
+  return None if meta is None else (int(meta["train_tokens"]), "training bytes")
 
 
 def epochs_per_budget(study: Study, budgets: Sequence[int]) -> dict[int, float] | None:
@@ -655,24 +668,12 @@ def _f(x: Any, d: int = 3) -> str:
   return str(x)
 
 
-NOTES = {
-    "gpt2": "The ViT's study is in `../vit/table.md` (its data, scikit-learn's digits, "
-            "repeats: see there).",
-    "vit": "Data: scikit-learn's digits (bundled, no download), 1,500 training and 297 "
-           "held-out images, with the example's augmentation (random shifts of up to one "
-           "source pixel). It is the only image set on every machine, so the longer budgets "
-           "train for many epochs (listed above): they measure how each optimizer does when "
-           "a small data set is seen many times, not a single pass over fresh data as the "
-           "GPT-2 study on the `stdlib` corpus does.",
-}
-
-
 def write_table(study: Study, analysis: dict[str, Any], out: Path, meta: dict[str, Any]) -> str:
   """``table.md``: best cells, gaps and sensitivity per stage; not-yet-run stages named."""
   from examples.common import optim
 
   spec = study.spec
-  acc = study.model == "vit"  # classification: accuracy columns beside the loss
+  acc = study.spec.accuracy  # accuracy columns beside the loss
   lines = [
       f"# Budget-scaling study: {spec.title.format(dataset=study.dataset)}",
       "",
@@ -705,11 +706,9 @@ def write_table(study: Study, analysis: dict[str, Any], out: Path, meta: dict[st
         lines.append(f"| {b} | {w} | {optim.REGISTRY[key].label} | not yet run "
                      + "| " * (8 if acc else 7) + "|")
         continue
-      grid = ", ".join(f"{lr:g}: {_f(loss)}" for lr, loss in info["points"])
-      if acc:  # and each point's accuracy
-        grid = ", ".join(
-            f"{lr:g}: {_f(loss)}" + (f" ({100 * a:.0f}%)" if math.isfinite(a) else "")
-            for (lr, loss), (_, a) in zip(info["points"], info["acc_points"], strict=True))
+      grid = ", ".join(  # each seed-0 point's loss (and accuracy)
+          f"{lr:g}: {_f(loss)}" + (f" ({100 * a:.0f}%)" if acc and math.isfinite(a) else "")
+          for (lr, loss), (_, a) in zip(info["points"], info["acc_points"], strict=True))
       ext = ", ".join(f"{x:g}" for x in info["extended"]) or "no"
       if info["edge"]:
         ext += f" (best still at the {info['edge']} edge: cap reached)"
@@ -785,7 +784,7 @@ def write_table(study: Study, analysis: dict[str, Any], out: Path, meta: dict[st
   if missing:
     lines += ["", "Not yet run (pending; each is queued in the order listed, cheapest first): "
               + ", ".join(f"{b} steps at width {w}" for b, w in missing) + "."]
-  lines += ["", NOTES[study.model], ""] if study.model in NOTES else [""]
+  lines += ["", study.spec.note, ""]
   lines += [
       "Band = width in decades of the learning-rate interval around the best point whose "
       "seed-0 final loss is within 2% (5%) of the best, interpolated linearly in log lr; "
@@ -812,7 +811,7 @@ def plot(study: Study, analysis: dict[str, Any], out: Path) -> list[Path]:
   paths = []
   # Gap rows: val loss (both models), and val accuracy in points (the ViT).
   metrics = [("", 1.0, f"val loss: sgd_sai - {{}} ({study.spec.loss_unit})")]
-  if study.model == "vit":
+  if study.spec.accuracy:
     metrics.append(("acc_", 100.0, "val accuracy: sgd_sai - {} (points)"))
   fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 4 * len(metrics)),
                            constrained_layout=True, squeeze=False)
@@ -893,16 +892,14 @@ def report(study: Study, out: Path, command: str = "") -> dict[str, Any]:
             for r in rows}
   meta = {
       "command": command, "cells": len(rows), "epochs": epochs,
-      "compute_h": sum(g[3] for g in groups) / 3600,
+      "compute_h": math.fsum(g[3] for g in groups) / 3600,  # exact: independent of set order
       "host": f"{platform.machine()}, {os.cpu_count()} CPU cores",
   }
   size = train_set_size(study)
   if size is not None:
     meta["train_size"], meta["train_unit"] = size
-  if study.model == "gpt2":  # the corpus's own description: files, bytes, split
-    meta_path = example_module("gpt2", "data").resolve_data_dir(study.dataset) / "meta.json"
-    if meta_path.exists():
-      meta["data"] = json.loads(meta_path.read_text())
+  if study.model == "gpt2" and (corpus := _corpus_meta(study)) is not None:
+    meta["data"] = corpus
   write_table(study, analysis, out, meta)
   if rows:
     plot(study, analysis, out)
