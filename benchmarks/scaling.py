@@ -44,7 +44,18 @@ resume log: re-running skips them, and a group of cells interrupted mid-run rest
 its last evaluation (``_partial/``, not committed). After every group the report is
 rewritten: ``table.md``, ``summary.json``, ``gap.png`` (the gap sgd_sai - adamw against
 budget, one line per width, error bars = the range of the per-seed paired differences)
-and ``curves.png``.
+and ``curves.png``. The report covers every cell in the log, whatever stages or optimizers
+the run that writes it was restricted to.
+
+**The weight-decay check** (``--optimizers sgd_sai_unnorm``): SGD-SaI's decay is multiplied
+by its learning rate only, and with ``normalize=True`` the tuned learning rates are
+``normaliser`` (``max_k snr_k``, 2 x width for the GPT-2) times those of the released
+PyTorch package (``normalize=False``). At the same weight decay, the ``normalize=True``
+line therefore decays its weights ``normaliser`` times more strongly per step than the
+package does at the same weight decay (its default, 1e-2, is the top of the paper's
+weight-decay grid). ``sgd_sai_unnorm`` runs the package's semantics on
+sgd_sai's grid divided by the measured normaliser (:func:`lr_divisor`): the same optimizer
+with weight decay / normaliser. The table adds its differences to sgd_sai and AdamW.
 """
 
 from __future__ import annotations
@@ -67,7 +78,16 @@ RESULTS_ROOT = Path(__file__).resolve().parent / "results" / "study_scaling"
 OPTIMIZERS = ("sgd_sai", "adamw", "sgdm")
 BUDGETS = (100, 300, 1000, 3000)
 WIDTHS = (128, 64, 256)  # the first is the main width; the others follow within a budget
-REF = "adamw"  # the gap is sgd_sai - REF
+# The differences reported, (a, b) = a - b of the seed means. The last two only where
+# ``sgd_sai_unnorm`` was run (``--optimizers sgd_sai_unnorm``): the released package's
+# normalisation at the same weight decay, i.e. weight decay / normaliser (see lr_divisor).
+GAPS = (("sgd_sai", "adamw"), ("sgd_sai", "sgdm"),
+        ("sgd_sai_unnorm", "adamw"), ("sgd_sai_unnorm", "sgd_sai"))
+
+
+def gap_name(lhs: str, other: str) -> str:
+  """The stage key of ``lhs - other``: ``gap_adamw`` for sgd_sai's, else ``gap_lhs_other``."""
+  return f"gap_{other}" if lhs == "sgd_sai" else f"gap_{lhs}_{other}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,9 +205,68 @@ def default_lr(key: str, model: str = "gpt2") -> float:
   return optim.registry_defaults(cfg.optimizer_defaults, key)[0]
 
 
-def lr_of(key: str, k: int, model: str = "gpt2") -> float:
-  """Grid point ``k``: the default learning rate times ``10**(k/2)``, 3 significant digits."""
-  return float(f"{default_lr(key, model) * 10 ** (k / 2):.3g}")
+def lr_of(key: str, k: int, model: str = "gpt2", divisor: float = 1.0) -> float:
+  """Grid point ``k``: the default learning rate / ``divisor`` times ``10**(k/2)``, to 3
+  significant digits (``divisor``: see :func:`lr_divisor`)."""
+  return float(f"{default_lr(key, model) / divisor * 10 ** (k / 2):.3g}")
+
+
+_NORMALISERS: dict[tuple[Any, ...], float] = {}  # measured once per process
+
+
+def gsnr_normaliser(study: Study, width: int) -> float:
+  """SGD-SaI's normaliser ``max_k snr_k`` at the first step of seed 0, to 3 significant
+  digits: the factor between the two normalisations' learning rates at this width.
+
+  It is measured, not assumed: one step of ``sgd_sai`` (``normalize=True``) on the
+  example's first batch, read back with ``optax_sai.find_gsnr_state``. For the GPT-2 it is
+  ``2 x width`` (the MLP's ``width x 4 width`` matrix: snr = sqrt(numel) for zero-mean
+  gradients), for the ViT smaller (25 at width 64).
+  """
+  cache_key = (study.model, width, study.dataset, study.overrides)
+  if cache_key not in _NORMALISERS:
+    import jax
+    from flax import nnx
+
+    import optax_sai
+    from examples.common import optim, training
+
+    task = example_module(study.model, "train").build_task(
+        base_config(study, width, max(study.budgets), "sgd_sai", 0))
+    cfg = task.config
+    graphdef, params, rest = nnx.split(
+        task.make_model(nnx.Rngs(jax.random.PRNGKey(0))), nnx.Param, ...)
+    tx = optim.make_optimizer("sgd_sai", 1.0, cfg.weight_decay, momentum=cfg.momentum,
+                              clip_norm=cfg.clip_norm, block_axes=task.block_axes,
+                              sai_normalize=True)
+    step = jax.jit(training.make_train_step(graphdef, rest, task, tx))
+    _, state, _ = step(params, tx.init(params), task.train_batch(0), 0)
+    norm = float(optax_sai.find_gsnr_state(state).normalizer)
+    _NORMALISERS[cache_key] = float(f"{norm:.3g}")
+  return _NORMALISERS[cache_key]
+
+
+def lr_divisor(study: Study, width: int, key: str) -> float:
+  """What registry entry ``key``'s default learning rate is divided by at this width.
+
+  1, except for SGD-SaI with ``normalize=False`` (the released PyTorch package's
+  semantics, step = lr x g-SNR): the examples' defaults are ``normalize=True`` learning
+  rates, and the two are the same optimizer when the learning rate is divided by the
+  normaliser (:func:`gsnr_normaliser`). Its grid is therefore sgd_sai's divided by it,
+  point for point. Its weight decay is sgd_sai's too, so relative to its learning rate
+  it decays ``normaliser`` times less: that is what the two lines compare.
+  """
+  from examples.common import optim
+
+  spec = optim.REGISTRY[key]
+  if spec.optimizer != "sgd_sai" or spec.sai_normalize:
+    return 1.0
+  return gsnr_normaliser(study, width)
+
+
+def grid_lr(study: Study, width: int, key: str, k: int) -> float:
+  """The learning rate of grid point ``k`` of optimizer ``key`` at this width."""
+  return lr_of(key, k, study.model, lr_divisor(study, width, key))
 
 
 def cell_id(budget: int, width: int, key: str, k: int, seed: int) -> str:
@@ -471,7 +550,7 @@ def run_study(study: Study, out: Path, *, log: Callable[[str], None] = print,
         state = grid_state(study, read_cells(out), budget, width, key)
         if not state["next"]:
           break
-        members = [(lr_of(key, k, study.model), s) for k, s in state["next"]]
+        members = [(grid_lr(study, width, key, k), s) for k, s in state["next"]]
         phase = "seeds" if any(s for _, s in state["next"]) else (
             "grid" if all(k in study.grid_ks for k, _ in state["next"]) else "extend")
         name = hashlib.sha1(repr((budget, width, key, state["next"])).encode()).hexdigest()
@@ -554,20 +633,20 @@ def analyse(study: Study, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
       grid_done = best_k is not None
       info: dict[str, Any] = {
           "label": optim.REGISTRY[key].label, "grid_done": grid_done,
-          "points": sorted([lr_of(key, k, study.model), _loss(r)]
+          "points": sorted([grid_lr(study, width, key, k), _loss(r)]
                            for (k, s), r in mine.items() if s == 0),
           # Seed-0 val accuracy per learning rate, -inf where the cell diverged.
-          "acc_points": sorted([lr_of(key, k, study.model),
+          "acc_points": sorted([grid_lr(study, width, key, k),
                                 -math.inf if math.isinf(_loss(r)) else r["val_accuracy"]]
                                for (k, s), r in mine.items() if s == 0),
-          "extended": [lr_of(key, k, study.model) for k in state["extended"]],
+          "extended": [grid_lr(study, width, key, k) for k in state["extended"]],
           "edge": state["edge"],
           "pending": len(state["next"]) > 0,
       }
       if grid_done:
         seeds = {s: r for (k, s), r in mine.items() if k == best_k}
         losses = [_loss(r) for r in seeds.values()]
-        info.update(best_lr=lr_of(key, best_k, study.model), seeds=sorted(seeds),
+        info.update(best_lr=grid_lr(study, width, key, best_k), seeds=sorted(seeds),
                     per_seed={s: _loss(r) for s, r in seeds.items()},
                     mean=statistics.fmean(losses), lo=min(losses), hi=max(losses),
                     acc=statistics.fmean(r["val_accuracy"] or 0.0 for r in seeds.values()),
@@ -583,20 +662,23 @@ def analyse(study: Study, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             info[f"band_acc{int(tol * 100)}"] = round(w, 3)
             info[f"band_acc{int(tol * 100)}_open"] = is_open
       entry["optimizers"][key] = info
-    for other in ("adamw", "sgdm"):
-      a, b = entry["optimizers"].get("sgd_sai"), entry["optimizers"].get(other)
+    for lhs, other in GAPS:
+      a, b = entry["optimizers"].get(lhs), entry["optimizers"].get(other)
       if a and b and a.get("mean") is not None and b.get("mean") is not None:
         paired = [a["per_seed"][s] - b["per_seed"][s] for s in a["per_seed"]
                   if s in b["per_seed"]]
         paired_acc = [a["acc_per_seed"][s] - b["acc_per_seed"][s] for s in a["per_seed"]
                       if s in b["per_seed"]]
-        entry[f"gap_{other}"] = {
+        entry[gap_name(lhs, other)] = {
             "mean": a["mean"] - b["mean"], "paired": paired,
             "lo": min(paired) if paired else None, "hi": max(paired) if paired else None,
             "acc_mean": a["acc"] - b["acc"],
             "acc_lo": min(paired_acc) if paired_acc else None,
             "acc_hi": max(paired_acc) if paired_acc else None,
             "final": not (a["pending"] or b["pending"])}
+    divided = [k for k in entry["optimizers"] if lr_divisor(study, width, k) != 1.0]
+    if divided:
+      entry["normaliser"] = lr_divisor(study, width, divided[0])
     stages.append(entry)
   return {"stages": stages, "trend": gap_trend(study, stages)}
 
@@ -608,11 +690,11 @@ def gap_trend(study: Study, stages: Sequence[dict[str, Any]]) -> dict[str, Any]:
   With two or three budgets this is an extrapolation of a trend, not a prediction.
   """
   out: dict[str, Any] = {}
-  for other in ("adamw", "sgdm"):
+  for lhs, other in GAPS:
+    name = gap_name(lhs, other)
     for width in study.widths:
-      pts = [(math.log10(st["budget"]), st[f"gap_{other}"]["mean"]) for st in stages
-             if st["width"] == width and st.get(f"gap_{other}")
-             and st[f"gap_{other}"]["final"]]
+      pts = [(math.log10(st["budget"]), st[name]["mean"]) for st in stages
+             if st["width"] == width and st.get(name) and st[name]["final"]]
       if len(pts) < 2:
         continue
       mx = statistics.fmean(x for x, _ in pts)
@@ -622,8 +704,9 @@ def gap_trend(study: Study, stages: Sequence[dict[str, Any]]) -> dict[str, Any]:
       zero = None
       if slope != 0 and (my > 0) == (slope < 0):  # heading towards zero
         zero = 10 ** (mx - my / slope)
-      out[f"{other}_w{width}"] = {"budgets": [round(10 ** x) for x, _ in pts],
-                                  "slope_per_decade": slope, "zero_at_steps": zero}
+      out[f"{name.removeprefix('gap_')}_w{width}"] = {
+          "lhs": lhs, "other": other, "budgets": [round(10 ** x) for x, _ in pts],
+          "slope_per_decade": slope, "zero_at_steps": zero}
   return out
 
 
@@ -703,6 +786,8 @@ def write_table(study: Study, analysis: dict[str, Any], out: Path, meta: dict[st
     for key in study.optimizers:
       info = st["optimizers"].get(key)
       if info is None:
+        if key not in OPTIMIZERS:  # an optional line (sgd_sai_unnorm) not run at this stage
+          continue
         lines.append(f"| {b} | {w} | {optim.REGISTRY[key].label} | not yet run "
                      + "| " * (8 if acc else 7) + "|")
         continue
@@ -727,21 +812,10 @@ def write_table(study: Study, analysis: dict[str, Any], out: Path, meta: dict[st
           + (f"{100 * info['acc']:.1f} | " if acc else "") + f"{grid} | {ext} | "
           f"{band(2)} | {band(5)} |")
     ga, gs = st.get("gap_adamw"), st.get("gap_sgdm")
-
-    def gap(g):
-      if g is None:
-        return "—"
-      return f"{g['mean']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}]"
-
-    def gap_acc(g):
-      if g is None:
-        return "—"
-      return (f"{100 * g['acc_mean']:+.1f} [{100 * g['acc_lo']:+.1f}, "
-              f"{100 * g['acc_hi']:+.1f}]")
-
     status = "final" if ga and ga["final"] and gs and gs["final"] else "partial"
-    gaps.append(f"| {b} | {w} | {gap(ga)} | {gap(gs)} | "
-                + (f"{gap_acc(ga)} | {gap_acc(gs)} | " if acc else "") + f"{status} |")
+    gaps.append(f"| {b} | {w} | {_gap_text(ga)} | {_gap_text(gs)} | "
+                + (f"{_gap_text(ga, True)} | {_gap_text(gs, True)} | " if acc else "")
+                + f"{status} |")
   lines += gaps
   sens = ["", "Sensitivity: width in decades of each optimizer's learning-rate band within 2% "
           "(5%) of its best final loss ('>=': the band reaches the grid's edge)"
@@ -763,8 +837,9 @@ def write_table(study: Study, analysis: dict[str, Any], out: Path, meta: dict[st
     if any(c != "—" for c in cells):
       sens.append(f"| {st['budget']} | {st['width']} | " + " | ".join(cells) + " |")
   lines += sens
+  lines += _unnormalised_section(study, analysis)
   for name, t in analysis.get("trend", {}).items():
-    other, width = name.split("_w")
+    width = name.rsplit("_w", 1)[1]
     zero = t["zero_at_steps"]
     if zero is None:
       where = "is not closing"
@@ -772,7 +847,7 @@ def write_table(study: Study, analysis: dict[str, Any], out: Path, meta: dict[st
       where = "is closing too slowly to reach zero within 10^7 steps"
     else:
       where = f"would reach zero near {zero:,.0f} steps if the trend held"
-    lines.append(f"\nTrend, width {width}, sgd_sai - {other} over budgets "
+    lines.append(f"\nTrend, width {width}, {t['lhs']} - {t['other']} over budgets "
                  f"{', '.join(map(str, t['budgets']))}: {t['slope_per_decade']:+.3f} nats per "
                  f"decade of steps; the gap {where} (a line through "
                  f"{len(t['budgets'])} points: an extrapolation, not a prediction).")
@@ -799,6 +874,49 @@ def write_table(study: Study, analysis: dict[str, Any], out: Path, meta: dict[st
   return text
 
 
+def _unnormalised_section(study: Study, analysis: dict[str, Any]) -> list[str]:
+  """The weight-decay check's lines: sgd_sai_unnorm against sgd_sai and AdamW, if run."""
+  stages = [st for st in analysis["stages"] if st.get("gap_sgd_sai_unnorm_sgd_sai")
+            or st.get("gap_sgd_sai_unnorm_adamw")]
+  if not stages:
+    return []
+  from examples.common import optim
+
+  acc = study.spec.accuracy
+  wd = optim.registry_defaults(example_module(study.model, "configs").get_config(
+      "tiny").optimizer_defaults, "sgd_sai_unnorm")[1]
+  lines = [
+      "", "Weight-decay check: SGD-SaI with `normalize=False` (the released package's "
+      "semantics, step = lr x g-SNR), its grid = sgd_sai's divided by the measured "
+      f"normaliser, and the same weight decay ({wd:g}). That is the `normalize=True` "
+      f"optimizer with weight decay {wd:g} / normaliser: the two lines differ only in how "
+      "strongly the "
+      "weights decay (lr x wd per step), which at sgd_sai's tuned learning rates is "
+      "normaliser times weaker here. Differences of seed means, [per-seed paired range].",
+      "",
+      "| steps | width | normaliser | unnorm - sgd_sai | unnorm - adamw | "
+      + ("points vs sgd_sai | points vs adamw | " if acc else "") + "status |",
+      "|---|---|---|---|---|" + ("---|---|" if acc else "") + "---|"]
+  for st in stages:
+    gs, ga = st.get("gap_sgd_sai_unnorm_sgd_sai"), st.get("gap_sgd_sai_unnorm_adamw")
+    final = all(g is not None and g["final"] for g in (gs, ga))
+    lines.append(f"| {st['budget']} | {st['width']} | {st.get('normaliser', 0):g} | "
+                 f"{_gap_text(gs)} | {_gap_text(ga)} | "
+                 + (f"{_gap_text(gs, True)} | {_gap_text(ga, True)} | " if acc else "")
+                 + ("final" if final else "partial") + " |")
+  return lines
+
+
+def _gap_text(g: dict[str, Any] | None, accuracy: bool = False) -> str:
+  """``+0.123 [+0.100, +0.150]`` (loss) or ``-2.0 [-3.0, -1.3]`` (accuracy points)."""
+  if g is None:
+    return "—"
+  if accuracy:
+    return (f"{100 * g['acc_mean']:+.1f} [{100 * g['acc_lo']:+.1f}, "
+            f"{100 * g['acc_hi']:+.1f}]")
+  return f"{g['mean']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}]"
+
+
 def plot(study: Study, analysis: dict[str, Any], out: Path) -> list[Path]:
   """``gap.png`` (gap vs budget, one line per width) and ``curves.png`` (best runs)."""
   import matplotlib
@@ -817,10 +935,13 @@ def plot(study: Study, analysis: dict[str, Any], out: Path) -> list[Path]:
                            constrained_layout=True, squeeze=False)
   for row, (prefix, factor, ylabel) in zip(axes, metrics, strict=True):
     for ax, other in zip(row, ("adamw", "sgdm"), strict=True):
-      for width in study.widths:
-        pts = [(st["budget"], st[f"gap_{other}"]) for st in analysis["stages"]
-               if st["width"] == width and st.get(f"gap_{other}")
-               and math.isfinite(st[f"gap_{other}"]["mean"])]  # not where one diverged
+      # sgd_sai's lines, and (dashed) the weight-decay check's where it was run.
+      series = [(gap_name(lhs, o), width, lhs) for lhs, o in GAPS if o == other
+                for width in study.widths]
+      for name, width, lhs in series:
+        pts = [(st["budget"], st[name]) for st in analysis["stages"]
+               if st["width"] == width and st.get(name)
+               and math.isfinite(st[name]["mean"])]  # not where one diverged
         if not pts:
           continue
         mean = [factor * g[f"{prefix}mean"] for _, g in pts]
@@ -828,8 +949,11 @@ def plot(study: Study, analysis: dict[str, Any], out: Path) -> list[Path]:
         hi = [factor * g[f"{prefix}hi"] for _, g in pts]
         err = [[max(m - x, 0) for m, x in zip(mean, lo, strict=True)],
                [max(x - m, 0) for m, x in zip(mean, hi, strict=True)]]
-        ax.errorbar([b for b, _ in pts], mean, yerr=err, marker="o", capsize=3,
-                    label=f"width {width}")
+        unnorm = lhs != "sgd_sai"
+        ax.errorbar([b for b, _ in pts], mean, yerr=err, marker="s" if unnorm else "o",
+                    capsize=3, ls="--" if unnorm else "-",
+                    label=f"width {width}" + (", normalize=False (wd / normaliser)"
+                                              if unnorm else ""))
       ax.axhline(0.0, color="grey", lw=0.8)
       ax.set_xscale("log")
       ax.set(xlabel="training steps (own warmup + cosine schedule)",
@@ -881,10 +1005,31 @@ def _finite_json(x: Any) -> Any:
   return x
 
 
+def covering(study: Study, rows: Sequence[dict[str, Any]]) -> Study:
+  """``study`` widened to every optimizer, budget and width with a cell in ``rows``.
+
+  The report covers the whole log, so that a run restricted to some stages or optimizers
+  (``--budgets 3000 --widths 64``, ``--optimizers sgd_sai_unnorm``) rewrites the full
+  table, not only its own part.
+  """
+  from examples.common import optim
+
+  if study.stages is not None:
+    return study
+  keys = set(study.optimizers) | {r["optimizer"] for r in rows}
+  widths = list(study.widths) + sorted({r["width"] for r in rows} - set(study.widths))
+  return dataclasses.replace(
+      study, optimizers=tuple([k for k in OPTIMIZERS if k in keys] + [
+          k for k in optim.REGISTRY if k in keys and k not in OPTIMIZERS]),
+      budgets=tuple(sorted(set(study.budgets) | {r["budget"] for r in rows})),
+      widths=tuple(widths))
+
+
 def report(study: Study, out: Path, command: str = "") -> dict[str, Any]:
   """Writes ``table.md``, ``summary.json``, ``gap.png`` and ``curves.png`` from the log."""
   out.mkdir(parents=True, exist_ok=True)
   rows = read_cells(out)
+  study = covering(study, rows)
   analysis = analyse(study, rows)
   budgets = sorted({b for b, _ in study.stage_list()})
   epochs = epochs_per_budget(study, budgets)
@@ -926,7 +1071,7 @@ def measure_throughput(study: Study, out: Path, budget: int = 100, width: int = 
   train_fn = example_module(study.model, "train").train
 
   ks = list(study.grid_ks)[:n]
-  members = [(lr_of(key, k, study.model), 0) for k in ks]
+  members = [(grid_lr(study, width, key, k), 0) for k in ks]
   loads = {"fit": os.getloadavg()}
   t, c = time.perf_counter(), time.process_time()
   fit_losses = []

@@ -211,3 +211,61 @@ def test_vit_study_uses_the_vit_example_and_reports_accuracy(tmp_path):
   text = (tmp_path / "table.md").read_text()
   assert "tiny ViT" in text and "val acc %" in text and "1,500 training images" in text
   assert (tmp_path / "gap.png").stat().st_size > 1000
+
+
+def test_unnormalised_line_divides_the_grid_by_the_measured_normaliser():
+  """``sgd_sai_unnorm``'s grid is sgd_sai's divided by ``max_k snr_k`` of the first step,
+  which is recomputed here in NumPy from the gradient of the example's own loss."""
+  import jax
+  import numpy as np
+  from flax import nnx
+
+  from examples.gpt2 import train as gpt2_train
+
+  task = gpt2_train.build_task(scaling.base_config(TINY, 16, 4, "sgd_sai", 0))
+  model = task.make_model(nnx.Rngs(jax.random.PRNGKey(0)))
+  grads = nnx.grad(lambda m: task.loss_fn(m, task.train_batch(0), None))(model)
+  snrs = []
+  for path, g in jax.tree_util.tree_flatten_with_path(nnx.state(grads, nnx.Param))[0]:
+    g = np.asarray(g, np.float64)
+    keys = tuple(getattr(p, "key", getattr(p, "name", p)) for p in path)
+    # Scanned layers (under ``h``) are one block per layer, the rest one block per leaf.
+    blocks = list(g) if task.block_axes and task.block_axes(keys, g) == 0 else [g]
+    snrs += [np.linalg.norm(b) / (np.std(b, ddof=1) + 1e-8) for b in blocks if b.size > 1]
+  normaliser = scaling.gsnr_normaliser(TINY, 16)
+  assert normaliser == pytest.approx(float(f"{max(snrs):.3g}"))
+  # snr >= sqrt(numel - 1) (spec, section 2): the largest block is the 256 x 16 embedding.
+  assert normaliser >= math.sqrt(256 * 16 - 1) * 0.999
+  assert scaling.lr_divisor(TINY, 16, "sgd_sai") == scaling.lr_divisor(TINY, 16, "adamw") == 1
+  for k in (-1, 0, 2):
+    assert scaling.grid_lr(TINY, 16, "sgd_sai_unnorm", k) == pytest.approx(
+        scaling.lr_of("sgd_sai", k) / normaliser, rel=5e-3)
+
+
+def test_report_covers_the_whole_log_and_the_weight_decay_check(tmp_path):
+  """A report written by a run restricted to one optimizer still covers every logged cell,
+  and the sgd_sai_unnorm rows get their own differences (hand-computed here)."""
+  rows = []
+  for key, losses in (("sgd_sai", (2.0, 1.8, 1.9)), ("adamw", (1.6, 1.5, 1.7)),
+                      ("sgd_sai_unnorm", (1.9, 1.7, 2.2))):
+    for k, loss in zip((-1, 0, 1), losses, strict=True):
+      rows.append(_row(3, key, k, 0, loss))
+    rows.append(_row(3, key, 0, 1, losses[1] + 0.1))  # seed 1 at the best (k = 0)
+  for r in rows:
+    r.update(val_accuracy=0.5, curve=[[3, r["val_loss"], r["val_loss"], 0.5]],
+             group_wall_s=1.0, finished="t", lr=0.1)
+  (tmp_path / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  study = dataclasses.replace(TINY, optimizers=("sgd_sai_unnorm",), budgets=(3,),
+                              grid_ks=(-1, 0, 1), seeds_best=(1,))
+  summary = scaling.report(study, tmp_path, "cmd")
+  assert list(summary["study"]["optimizers"]) == ["sgd_sai", "adamw", "sgd_sai_unnorm"]
+  st = summary["stages"][0]
+  # Seed means: sgd_sai 1.85, adamw 1.55, unnorm 1.75; paired per seed.
+  assert st["gap_adamw"]["mean"] == pytest.approx(0.30)
+  assert st["gap_sgd_sai_unnorm_adamw"]["mean"] == pytest.approx(0.20)
+  assert st["gap_sgd_sai_unnorm_sgd_sai"]["mean"] == pytest.approx(-0.10)
+  assert st["gap_sgd_sai_unnorm_sgd_sai"]["paired"] == pytest.approx([-0.10, -0.10])
+  assert st["normaliser"] == scaling.gsnr_normaliser(TINY, 16)
+  table = (tmp_path / "table.md").read_text()
+  assert "SGD-SaI (normalize=False)" in table and "| 3 | 16 | AdamW | " in table
+  assert "Weight-decay check" in table and "| -0.100 [-0.100, -0.100] | +0.200" in table
