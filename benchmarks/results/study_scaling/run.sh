@@ -14,4 +14,8 @@ $PY --budgets 100
 $PY --budgets 3000 --widths 64
 $PY --model vit --widths 64 --budgets 100 300
 $PY --model vit --widths 64 128
+# The weight-decay check: SGD-SaI with normalize=False on sgd_sai's grid / the measured
+# normaliser, i.e. the same optimizer with weight decay / normaliser (width 64, every budget).
+$PY --optimizers sgd_sai_unnorm --widths 64
+$PY --model vit --optimizers sgd_sai_unnorm --widths 64
 $PY
