@@ -50,10 +50,10 @@ the run that writes it was restricted to.
 **The weight-decay check** (``--optimizers sgd_sai_unnorm``): SGD-SaI's decay is multiplied
 by its learning rate only, and with ``normalize=True`` the tuned learning rates are
 ``normaliser`` (``max_k snr_k``, 2 x width for the GPT-2) times those of the released
-PyTorch package (``normalize=False``). At the same weight decay, the ``normalize=True``
-line therefore decays its weights ``normaliser`` times more strongly per step than the
-package does at the same weight decay (its default, 1e-2, is the top of the paper's
-weight-decay grid). ``sgd_sai_unnorm`` runs the package's semantics on
+PyTorch package (``normalize=False``). At the same weight decay (the package's default,
+1e-2, is the top of the paper's weight-decay grid), the ``normalize=True`` line therefore
+decays its weights ``normaliser`` times more strongly per step than the package does.
+``sgd_sai_unnorm`` runs the package's semantics on
 sgd_sai's grid divided by the measured normaliser (:func:`lr_divisor`): the same optimizer
 with weight decay / normaliser. The table adds its differences to sgd_sai and AdamW.
 """
@@ -676,9 +676,8 @@ def analyse(study: Study, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "acc_lo": min(paired_acc) if paired_acc else None,
             "acc_hi": max(paired_acc) if paired_acc else None,
             "final": not (a["pending"] or b["pending"])}
-    divided = [k for k in entry["optimizers"] if lr_divisor(study, width, k) != 1.0]
-    if divided:
-      entry["normaliser"] = lr_divisor(study, width, divided[0])
+    if any(lr_divisor(study, width, k) != 1.0 for k in entry["optimizers"]):
+      entry["normaliser"] = gsnr_normaliser(study, width)
     stages.append(entry)
   return {"stages": stages, "trend": gap_trend(study, stages)}
 
