@@ -25,6 +25,9 @@ extensions = [
     "sphinx.ext.napoleon",  # Google-style Args/Returns sections
     "sphinx.ext.doctest",  # runs every {doctest} / {testcode} block and the docstrings' examples
     "sphinx.ext.mathjax",
+    # Ships MathJax (3.2.2, from the PyPI package of this name, in the docs extra) into
+    # _static/mathjax and points sphinx.ext.mathjax at it: math renders offline, no CDN.
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
 ]
 
@@ -36,7 +39,9 @@ exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints"]
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 
-# The notebooks are rendered as stored (without outputs); the test suite executes them.
+# The notebooks are rendered as stored, with the outputs notebooks/refresh_outputs.py stored
+# in them at full size (a test checks they belong to the current code); the test suite
+# executes them at a reduced size.
 nb_execution_mode = "off"
 
 autodoc_member_order = "bysource"

@@ -2,6 +2,7 @@
 Sphinx site builds with warnings as errors and all its code examples pass."""
 
 import doctest
+import html as htmllib
 import importlib
 import pkgutil
 import re
@@ -62,6 +63,32 @@ def _sphinx(builder, out, doctrees):
   return proc
 
 
+def _check_math_is_served_locally(html: Path) -> None:
+  """No page loads a script from the network; math uses the MathJax copied into _static."""
+  scripts = {}
+  for page in html.rglob("*.html"):
+    for src in re.findall(r'<script\b[^>]*\bsrc="([^"]+)"', page.read_text()):
+      scripts.setdefault(src, page.relative_to(html))
+  remote = {src: page for src, page in scripts.items() if re.match(r"(https?:)?//", src)}
+  assert not remote, remote
+  algorithm = (html / "guides" / "algorithm.html").read_text()
+  assert r"\(" in algorithm or r"\[" in algorithm  # the guide has math for MathJax to render
+  mathjax = re.findall(r'<script\b[^>]*\bsrc="([^"]*mathjax[^"]*)"', algorithm)
+  assert mathjax == ["../_static/mathjax/tex-chtml.js"], mathjax
+  assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
+  assert list((html / "_static" / "mathjax" / "output" / "chtml" / "fonts").rglob("*.woff"))
+
+
+def _check_index_shows_the_readme_quickstart(html: Path) -> None:
+  """Every line of the README's quick-start code is on the built index page."""
+  readme = (REPO_ROOT / "README.md").read_text()
+  span = readme[readme.index("<!-- quickstart -->"):readme.index("<!-- /quickstart -->")]
+  code = re.search(r"^```python\n(.*?)^```$", span, re.S | re.M).group(1)
+  page = htmllib.unescape(re.sub(r"<[^>]+>", "", (html / "index.html").read_text()))
+  for line in filter(str.strip, code.splitlines()):
+    assert line in page, line
+
+
 @pytest.mark.slow
 def test_docs_site_builds_and_its_examples_run(tmp_path):
   pytest.importorskip("sphinx")
@@ -72,13 +99,16 @@ def test_docs_site_builds_and_its_examples_run(tmp_path):
     assert (html / f"{page}.html").is_file(), page
   for name in NOTEBOOKS:
     text = (html / "notebooks" / f"{name}.html").read_text()
-    # Rendered with their code, and without outputs (the notebook tests execute them).
+    # Rendered with their code and the outputs stored in them (plots included), as executed
+    # by notebooks/refresh_outputs.py; tests/notebooks checks those outputs are current.
     assert text.count('class="cell_input') >= 5, name
-    assert 'class="cell_output' not in text, name
+    assert text.count('class="cell_output') >= 5, name
+    assert re.search(r'<img [^>]*src="[^"]+\.png"', text), name
   api = (html / "api.html").read_text()
   for name in optax_sai.__all__:
     assert f'id="optax_sai.{name}"' in api, name
-  assert "mathjax" in (html / "guides" / "algorithm.html").read_text().lower()
+  _check_math_is_served_locally(html)
+  _check_index_shows_the_readme_quickstart(html)
 
   # Every {doctest}/{testcode} block of the pages and every docstring example of the API page.
   _sphinx("doctest", tmp_path / "doctest", doctrees)
