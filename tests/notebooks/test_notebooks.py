@@ -1,6 +1,9 @@
-"""The notebooks under notebooks/: stored without outputs, and they run top to bottom.
+"""The notebooks under notebooks/: their setup cell, their stored outputs, and that they run
+top to bottom.
 
-Execution uses nbclient with the ``python3`` kernel, from the repository root (so
+The docs site shows the outputs stored in the notebooks (executed at full size by
+notebooks/refresh_outputs.py); a test checks they belong to the current code cells. The
+suite's own execution uses nbclient with the ``python3`` kernel, from the repository root (so
 ``import examples`` works), in small mode (``OPTAX_SAI_NB_SMALL=1``: a few steps and
 2-point sweeps). Each notebook writes a small JSON summary into ``OPTAX_SAI_NB_OUT``; the
 tests check a few of its numbers with slack (the thresholds are measured values, halved or
@@ -9,10 +12,14 @@ widened, not the values themselves).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import re
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -32,20 +39,40 @@ def test_the_three_notebooks_exist():
   assert sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS)
 
 
+def _code_sha256(nb) -> str:
+  """SHA-256 of the code cells' sources in order: the key refresh_outputs.py records."""
+  sources = [cell.source for cell in nb.cells if cell.cell_type == "code"]
+  return hashlib.sha256(json.dumps(sources).encode()).hexdigest()
+
+
+# Plots each notebook draws at full size (its matplotlib figures).
+MIN_IMAGES = {"quickstart": 4, "gsnr_explorer": 6, "compare_optimizers": 3}
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_is_stored_without_outputs(name):
-  nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+def test_notebook_stores_fresh_full_size_outputs(name):
+  path = NOTEBOOK_DIR / f"{name}.ipynb"
+  nb = nbformat.read(path, as_version=4)
   nbformat.validate(nb)
   assert nb.metadata["kernelspec"]["name"] == "python3"
-  for i, cell in enumerate(nb.cells):
-    if cell.cell_type != "code":
-      continue
-    assert cell.outputs == [], f"{name}.ipynb cell {i} has stored outputs"
-    assert cell.execution_count is None, f"{name}.ipynb cell {i} has an execution count"
+  stamp = nb.metadata.get("optax_sai", {})
+  assert stamp.get("code_sha256") == _code_sha256(nb), (
+      f"{name}.ipynb: its code cells changed since its outputs were stored; run "
+      f"`python notebooks/refresh_outputs.py {name}` from the repository root")
+  code = [cell for cell in nb.cells if cell.cell_type == "code"]
+  # Executed top to bottom in one kernel, without an error, at full size.
+  assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), name
+  outputs = [out for cell in code for out in cell.outputs]
+  assert not [out for out in outputs if out.output_type == "error"], name
+  assert "small mode: False" in "".join(o.get("text", "") for o in code[0].outputs), name
+  images = [out for out in outputs if "image/png" in out.get("data", {})]
+  assert len(images) >= MIN_IMAGES[name], (name, len(images))
+  # Small plots (80 dpi, 256-colour PNGs) keep the repository small: measured 71-172 kB.
+  assert path.stat().st_size < 250_000, (name, path.stat().st_size)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_states_its_run_time_and_installs_itself(name):
+def test_notebook_states_its_run_time(name):
   nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
   intro = nb.cells[0].source
   assert nb.cells[0].cell_type == "markdown"
@@ -53,9 +80,78 @@ def test_notebook_states_its_run_time_and_installs_itself(name):
   match = re.search(r"\*\*Run time:\*\* about (\d+) s", intro)
   assert match, f"{name}.ipynb: the first cell does not state the measured run time"
   assert int(match.group(1)) <= 180
-  setup = nb.cells[1].source
-  assert nb.cells[1].cell_type == "code"
-  assert "except ImportError:" in setup and "pip" in setup and "install" in setup
+
+
+def _setup_cell() -> str:
+  """The notebooks' shared first code cell (the same in all three)."""
+  cells = {name: nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4).cells[1]
+           for name in NOTEBOOKS}
+  assert all(cell.cell_type == "code" for cell in cells.values())
+  sources = {cell.source for cell in cells.values()}
+  assert len(sources) == 1, "the three notebooks' setup cells differ"
+  return sources.pop()
+
+
+def _repository_url() -> str | None:
+  pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+  return pyproject["project"]["urls"].get("Repository")
+
+
+def test_setup_cell_clones_nothing_and_the_url_lives_in_pyproject_only():
+  setup = _setup_cell()
+  # It installs nothing and downloads nothing: it checks, and says what to do.
+  assert "subprocess" not in setup and "git clone" not in setup and "http" not in setup
+  urls = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["urls"]
+  assert urls["Paper"] == "https://arxiv.org/abs/2412.11768"
+  # No page or notebook carries a placeholder address, or a copy of the repository's.
+  forbidden = ["github.com/OWNER"] + [u for u in [_repository_url()] if u]
+  for path in [REPO_ROOT / "README.md", *NOTEBOOK_DIR.glob("*.ipynb"),
+               *(REPO_ROOT / "docs").rglob("*.md")]:
+    text = path.read_text()
+    for needle in forbidden:
+      assert needle not in text, (path, needle)
+
+
+def _run_setup_cell(cwd: Path, *python_flags: str,
+                    prelude: str = "") -> subprocess.CompletedProcess:
+  env = {k: v for k, v in os.environ.items() if not k.startswith("OPTAX_SAI_NB")}
+  return subprocess.run([sys.executable, *python_flags, "-c", prelude + _setup_cell()],
+                        cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("where", [".", "notebooks"])
+def test_setup_cell_passes_in_a_checkout(where):
+  # Jupyter started at the repository's root, or in notebooks/.
+  proc = _run_setup_cell(REPO_ROOT / where)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.startswith("small mode: False"), proc.stdout
+
+
+def test_setup_cell_outside_a_checkout_says_what_to_do(tmp_path):
+  # No site-packages (-S) and isolated (-I): nothing of the project or its extras imports,
+  # and no installed optax_sai metadata is found.
+  proc = _run_setup_cell(tmp_path, "-I", "-S")
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("ModuleNotFoundError: missing: jax, optax, optax_sai, examples"), last
+  assert "from a clone of the optax_sai repository:" in last, last
+  assert 'pip install -e ".[examples]"' in last and "start Jupyter there" in last, last
+
+
+def test_setup_cell_names_the_repository_from_installed_metadata(tmp_path):
+  # An installed optax_sai whose metadata carries a `Repository` URL, as pip writes it from
+  # pyproject.toml's [project.urls] (a made-up address: the real one is not public yet).
+  url = _repository_url() or "https://example.org/optax_sai"
+  dist = tmp_path / "site" / "optax_sai-0.0.dist-info"
+  dist.mkdir(parents=True)
+  (dist / "METADATA").write_text(
+      f"Metadata-Version: 2.1\nName: optax_sai\nVersion: 0.0\n"
+      f"Project-URL: Paper, https://arxiv.org/abs/2412.11768\nProject-URL: Repository, {url}\n")
+  prelude = f"import sys; sys.path.insert(0, {str(dist.parent)!r})\n"
+  proc = _run_setup_cell(tmp_path, "-I", "-S", prelude=prelude)
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert f"from a clone of the optax_sai repository ({url}):" in last, last
 
 
 def _execute(name: str, out_dir: Path, monkeypatch) -> dict:
