@@ -6,8 +6,8 @@ records the SHA-256 of its code cells in its metadata (``optax_sai.code_sha256``
 tests/notebooks/test_notebooks.py fails when a code cell changes without a refresh; the
 suite itself only executes the notebooks at their reduced size.
 
-Run it from the repository root after changing a notebook's code, on an idle machine (about
-4 min on 2 CPU cores for the three):
+Run it from the repository root after changing a notebook's code (the three take about 4 min
+on an idle 2-core machine, by their stated run times; 15 min were measured under heavy load):
 
     python notebooks/refresh_outputs.py                # all three
     python notebooks/refresh_outputs.py quickstart     # or some of them
