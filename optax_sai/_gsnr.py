@@ -234,15 +234,30 @@ def block_centred_sums(g: jax.Array, axes: tuple[int, ...], peak: jax.Array,
   return jnp.zeros_like(peak), jnp.sum(jnp.square(d), axis=dims)
 
 
-def block_usable(peak: jax.Array) -> jax.Array:
-  """Whether each block's g-SNR can be captured: its gradient is finite and not all zero.
+def block_usable(peak: jax.Array, floor: jax.typing.ArrayLike = 0) -> jax.Array:
+  """Whether each block's g-SNR can be captured: its gradient is finite and above ``floor``.
 
   Both follow from pass 1's ``peak = max |g|`` (NaN when the block's sum is NaN, see
   :func:`block_peak_and_mean`): ``peak`` is finite exactly when every entry is, and
-  positive exactly when some entry is non-zero (no boolean mask per entry, which XLA:CPU
-  would materialise).
+  above 0 exactly when some entry is non-zero. The capture passes the numerical-zero
+  floor of :func:`numerical_zero_floor` as ``floor``.
   """
-  return jnp.isfinite(peak) & (peak > 0)
+  return jnp.isfinite(peak) & (peak > floor)
+
+
+# A block whose largest |g| is at most this fraction of the largest |g| of any block at the
+# same step is numerically zero: not captured yet, like an all-zero block. See
+# docs/guides/algorithm.md (edge cases) for the measurements behind the number.
+NUMERICAL_ZERO_RTOL = 1e-6
+
+
+def numerical_zero_floor(peaks: jax.Array) -> jax.Array:
+  """The ``max |g|`` at or below which a block is numerically zero, from every block's peak.
+
+  ``NUMERICAL_ZERO_RTOL`` times the largest finite peak: relative to the whole gradient, so
+  a uniform rescaling of all gradients (loss scaling) never changes which blocks qualify.
+  """
+  return NUMERICAL_ZERO_RTOL * jnp.max(jnp.where(jnp.isfinite(peaks), peaks, 0))
 
 
 def gsnr_from_sums(peak: jax.Array, mean: jax.Array, s1: jax.Array, s2: jax.Array, n: int,

@@ -97,19 +97,17 @@ def _all_blocks(values: list[jax.Array]) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames="axes")
 def _capture_leaf(g: jax.Array, value: jax.Array, eps: jax.typing.ArrayLike, *,
-                  axes: tuple[int, ...]) -> jax.Array:
-  """One leaf's per-block values after a capture: kept where captured, else fresh.
+                  axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+  """One leaf's per-block values after a capture, and each block's ``peak = max |g|``.
 
-  Jitted so that it is traced once per distinct leaf shape, not once per leaf: measured
-  on GPT-2 124M (148 leaves, 9 shapes), tracing and lowering the sgd_sai step took 0.44 s
-  of CPU instead of 1.07 s. XLA inlines the calls (``inline=True``, which inlines them
-  at trace time instead, lowered in 0.60 s).
+  Values are kept where captured, else fresh where the block is finite and not all zero
+  (at least the smallest normal number, so that ``gsnr > 0`` stays the capture flag).
+  Jitted so that it is traced once per distinct leaf shape, not once per leaf (trace
+  and lowering times: docs/guides/performance.md).
   """
   snr, peak = _gsnr.leaf_capture_stats(g, axes, eps)
-  # Positive whenever usable (a g-SNR that underflows is stored as the smallest normal
-  # number), so that ``gsnr > 0`` stays the capture flag.
   fresh = jnp.where(_gsnr.block_usable(peak), jnp.maximum(snr, jnp.finfo(snr.dtype).tiny), 0)
-  return jnp.where(value > 0, value, _replicated(fresh.astype(value.dtype)))
+  return jnp.where(value > 0, value, _replicated(fresh.astype(value.dtype))), _replicated(peak)
 
 
 def _capture_pending(grads: list[jax.Array], axes: list[Any], values: list[jax.Array],
@@ -117,13 +115,18 @@ def _capture_pending(grads: list[jax.Array], axes: list[Any], values: list[jax.A
                      normalize: bool) -> tuple[list[jax.Array], jax.Array]:
   """The paper's capture: every block not captured yet takes this gradient's g-SNR.
 
-  A block is captured when its gradient is usable (finite, not all zero); otherwise it
-  keeps 0 and is tried again at the next step. The normaliser is the largest g-SNR of
-  the first capturing step: while it is 0 no block has been captured, so the maximum over
-  all values then is the maximum over the blocks captured now.
+  A block is captured when its gradient is usable: finite, and not numerically zero
+  (its ``max |g|`` above :func:`optax_sai._gsnr.numerical_zero_floor` of this step's
+  gradients); otherwise it keeps 0 and is tried again at the next step. The normaliser
+  is the largest g-SNR of the first capturing step: while it is 0 no block has been
+  captured, so the maximum over all values then is the maximum over the blocks captured
+  now.
   """
-  new_values = [_capture_leaf(g, v, eps, axes=a)
-                for g, a, v in zip(grads, axes, values, strict=True)]
+  captures = [_capture_leaf(g, v, eps, axes=a)
+              for g, a, v in zip(grads, axes, values, strict=True)]
+  floor = _gsnr.numerical_zero_floor(_all_blocks([peak for _, peak in captures]))
+  new_values = [jnp.where((value == 0) & (peak <= floor), 0, new)
+                for value, (new, peak) in zip(values, captures, strict=True)]
   if normalize:
     top = jnp.max(_all_blocks(new_values)).astype(normalizer.dtype)
     normalizer = jnp.where(normalizer > 0, normalizer, top)
@@ -174,9 +177,14 @@ def scale_by_gsnr(
   ``normalize=False`` it is the g-SNR itself (the released ``sgd-sai`` 1.0.3
   package).
 
-  Edge cases: a block whose gradient is all zero or non-finite is not
-  captured then; it is captured at the first update where its gradient is
-  non-zero and finite, and until then its update is zero. The normaliser is
+  Edge cases: a block whose gradient is all zero, numerically zero or
+  non-finite is not captured then; it is captured at the first update where
+  its gradient is finite and not numerically zero, and until then its update
+  is zero. Numerically zero: the block's ``max |g|`` is at most 1e-6 of the
+  largest ``max |g|`` of any block in that update (float32 rounding left on a
+  gradient that is zero in exact arithmetic, such as an attention key bias's);
+  the line is relative, so rescaling every gradient by the same factor never
+  changes which blocks are captured. The normaliser is
   fixed at the first capturing update, so no captured scale ever changes. A
   one-entry block has g-SNR 1. Non-floating leaves get a zero update.
 

@@ -95,6 +95,72 @@ class TestScaleByGsnr:
     _, state = tx.update({"a": g}, state)
     assert float(state.gsnr["a"]) == pytest.approx(np_gsnr(np.asarray(g)), rel=1e-5)
 
+  def test_numerically_zero_block_deferred_like_a_zero_block(self, rng):
+    # A key bias's gradient is zero in exact arithmetic (softmax is shift invariant) and
+    # ~1e-11 in float32: deferred, not captured with an eps-dominated g-SNR of ~0.01.
+    noise = jnp.asarray(rng.normal(size=8) * 4e-11, jnp.float32)
+    body = jnp.asarray(rng.normal(0.1, 1.0, size=(8, 8)) * 1e-2, jnp.float32)
+    tx = optax_sai.scale_by_gsnr()
+    params = {"key_bias": noise, "w": body}
+    state = tx.init(params)
+    u, state = tx.update({"key_bias": noise, "w": body}, state)
+    assert not bool(state.captured["key_bias"]) and bool(state.captured["w"])
+    assert float(jnp.abs(u["key_bias"]).max()) == 0.0
+    assert float(state.normalizer) == pytest.approx(np_gsnr(np.asarray(body)), rel=1e-5)
+    # A real gradient later is captured, divided by the stored normaliser.
+    late = jnp.asarray(rng.normal(size=8) * 1e-3, jnp.float32)
+    _, state = tx.update({"key_bias": late, "w": body}, state)
+    scales = optax_sai.gsnr_scales(state)
+    want = np_gsnr(np.asarray(late)) / np_gsnr(np.asarray(body))
+    assert float(scales["key_bias"]) == pytest.approx(want, rel=1e-5)
+
+  @pytest.mark.parametrize("ratio, captured", [(2e-6, True), (5e-7, False)])
+  def test_numerical_zero_line_is_relative_to_the_largest_block(self, rng, ratio, captured):
+    # The line: a block is numerically zero when max|g| <= 1e-6 * the largest max|g| of
+    # the step's gradients (optax_sai._gsnr.NUMERICAL_ZERO_RTOL).
+    big = np.asarray(rng.normal(size=16), np.float64)
+    small = np.asarray(rng.normal(size=5), np.float64)
+    small *= ratio * np.abs(big).max() / np.abs(small).max()
+    grads = {"big": jnp.asarray(big, jnp.float32), "small": jnp.asarray(small, jnp.float32)}
+    tx = optax_sai.scale_by_gsnr(normalize=False, eps=0.0)
+    _, state = tx.update(grads, tx.init(grads))
+    assert bool(state.captured["small"]) == captured
+    if captured:  # with eps = 0 the tiny block's g-SNR is the ordinary one
+      assert float(state.gsnr["small"]) == pytest.approx(np_gsnr(small, eps=0.0), rel=1e-5)
+
+  @pytest.mark.parametrize("factor", [1e-4, 1e-2, 1.0, 1e2, 1e4])
+  def test_uniform_rescaling_captures_the_same_blocks(self, rng, factor):
+    # Loss scaling must not change which blocks are captured (nor, with eps -> 0, the
+    # scales): an exact zero, a 1e-9-relative residue and three ordinary blocks.
+    base = {"zero": np.zeros(4), "residue": rng.normal(size=6) * 1e-9,
+            "w": rng.normal(0.2, 1.0, size=(6, 5)), "b": rng.normal(size=5) * 1e-3,
+            "ln": rng.normal(1.0, 0.1, size=5) * 1e-1}
+    grads = {k: jnp.asarray(v * factor, jnp.float32) for k, v in base.items()}
+    tx = optax_sai.scale_by_gsnr(eps=0.0)
+    _, state = tx.update(grads, tx.init(grads))
+    assert {k: bool(v) for k, v in state.captured.items()} == {
+        "zero": False, "residue": False, "w": True, "b": True, "ln": True}
+    snr = {k: np_gsnr(base[k], eps=0.0) for k in ("w", "b", "ln")}
+    top = max(snr.values())
+    scales = optax_sai.gsnr_scales(state)
+    for k, v in snr.items():
+      assert float(scales[k]) == pytest.approx(v / top, rel=1e-5)
+
+  def test_attention_key_bias_of_a_real_layer_is_deferred(self):
+    # Flax's MultiHeadAttention has a separate key bias; its gradient is float32 rounding.
+    model = nnx.MultiHeadAttention(num_heads=2, in_features=16, decode=False,
+                                   rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (4, 8, 16))
+    grads = nnx.to_pure_dict(
+        nnx.state(nnx.grad(lambda m: jnp.mean(jnp.tanh(m(x)) ** 2))(model), nnx.Param))
+    assert 0 < float(jnp.abs(grads["key"]["bias"]).max()) < 1e-7  # not an exact zero
+    tx = optax_sai.scale_by_gsnr()
+    _, state = tx.update(grads, tx.init(grads))
+    captured = state.captured
+    assert not bool(captured["key"]["bias"])
+    assert all(bool(c) for c in jax.tree.leaves(
+        {k: v for k, v in captured.items() if k != "key"})) and bool(captured["key"]["kernel"])
+
   def test_one_element_blocks_scale_one(self):
     tx = optax_sai.scale_by_gsnr(normalize=False)
     params = {"s": jnp.array(1.0), "v": jnp.array([2.0])}
