@@ -44,6 +44,22 @@ def _floating_mask(mask: Any) -> Any:
   return resolve
 
 
+def _decoupled_weight_decay(weight_decay: Any, mask: Any) -> optax.GradientTransformation:
+  """``optax.add_decayed_weights`` on floating leaves; without ``params`` when the decay is 0.
+
+  A weight decay that is the number 0 keeps the same state (so checkpoints and
+  ``inject_hyperparams`` see one structure) but its update passes the updates through,
+  so that ``update`` needs no ``params``.
+  """
+  decay = optax.add_decayed_weights(weight_decay, mask=_floating_mask(mask))
+  if isinstance(weight_decay, jax.core.Tracer) or callable(weight_decay):
+    return decay
+  if isinstance(weight_decay, numbers.Number | jax.Array) and float(weight_decay) == 0:
+    return optax.GradientTransformation(decay.init, lambda updates, state, params=None:
+                                        (updates, state))
+  return decay
+
+
 def _direction(momentum: Any, eps: Any, normalize: Any, block_axes: Any,
                mu_dtype: Any) -> tuple[optax.GradientTransformation, ...]:
   """The validated g-SNR scale and momentum that :func:`sgd_sai` and :func:`scale_by_sai` share."""
@@ -94,7 +110,8 @@ def sgd_sai(
     momentum: decay of the momentum EMA, in [0, 1). 0 gives plain SGD with
       the g-SNR scales.
     weight_decay: decoupled weight decay, multiplied by the (scheduled)
-      learning rate only, never by the g-SNR scale.
+      learning rate only, never by the g-SNR scale. With 0, ``update`` does not
+      need ``params``.
     eps: added to each block's gradient standard deviation.
     normalize: divide the g-SNR by the largest block's (paper) or not
       (PyTorch package 1.0.3).
@@ -131,7 +148,7 @@ def sgd_sai(
   _check_scalar("weight_decay", weight_decay, low=0.0)
   return optax.chain(
       *_direction(momentum, eps, normalize, block_axes, mu_dtype),
-      optax.add_decayed_weights(weight_decay, mask=_floating_mask(weight_decay_mask)),
+      _decoupled_weight_decay(weight_decay, weight_decay_mask),
       optax.scale_by_learning_rate(learning_rate),
   )
 

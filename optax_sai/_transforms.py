@@ -63,9 +63,18 @@ def _check_tree_matches(updates: Any, reference: Any, what: str) -> None:
     detail.append(
         f"same paths, different node types: {jax.tree.structure(updates)} vs {ref_struct}"
     )
+  hint = ""
+  if missing:
+    hint = (
+        ". If those are frozen parameters whose gradients are None (Equinox's "
+        "eqx.partition / eqx.filter with a filter spec), initialise the optimizer on the "
+        "trainable part only, e.g. tx.init(eqx.filter(model, filter_spec)), and pass the "
+        "same part as params to update; or keep the full tree and freeze with "
+        "optax.masked / optax.multi_transform (docs/guides/state.md, frozen parameters)"
+    )
   raise ValueError(
       f"The updates do not have the structure of the {what} the optimizer was "
-      "initialised with; " + "; ".join(detail)
+      "initialised with; " + "; ".join(detail) + hint
   )
 
 

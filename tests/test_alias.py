@@ -72,6 +72,24 @@ def test_zero_gradient_is_pure_decay():
   np.testing.assert_allclose(p, np.asarray(P0) * (1 - lr * wd) ** 5, rtol=1e-6)
 
 
+def test_zero_weight_decay_needs_no_params():
+  # The SPEC vectors' two steps, weight decay 0: p_t = p_{t-1} - lr * scale * m_t with
+  # scale 1 (one block), m_1 = g_1, m_2 = 0.9 g_1 + 0.1 g_2.
+  tx = optax_sai.sgd_sai(0.01, weight_decay=0.0)
+  p, state = jnp.asarray(P0), tx.init(jnp.asarray(P0))
+  for g in (G1, G2):
+    u, state = tx.update(jnp.asarray(g), state)  # no params
+    p = optax.apply_updates(p, u)
+  g1, g2 = np.asarray(G1), np.asarray(G2)
+  expected = np.asarray(P0) - 0.01 * g1 - 0.01 * (0.9 * g1 + 0.1 * g2)
+  np.testing.assert_allclose(p, expected, rtol=1e-6)
+  # Same state structure as with a decay (checkpoints see one layout); a decay needs params.
+  decayed = optax_sai.sgd_sai(0.01, weight_decay=0.1)
+  assert jax.tree.structure(decayed.init(jnp.asarray(P0))) == jax.tree.structure(state)
+  with pytest.raises(ValueError, match="params"):
+    decayed.update(jnp.asarray(G1), decayed.init(jnp.asarray(P0)))
+
+
 def random_problem(rng, dtype, steps):
   shapes = {"emb": (11, 7), "attn": {"qkv": (7, 21), "bias": (21,)}, "norm": (7,),
             "scalar": ()}
