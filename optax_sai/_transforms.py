@@ -147,14 +147,9 @@ def _capture_once(grads: list[jax.Array], axes: list[Any], values: list[jax.Arra
                   normalize: bool) -> tuple[list[jax.Array], jax.Array]:
   """``lax.cond(every block captured, identity, capture the pending blocks)``.
 
-  After the first step the identity branch runs: no reduction over gradient entries.
-  The per-block values cross the ``cond`` as they are, one small array per leaf. (They
-  used to be packed into one flat vector; slicing each leaf's scale back out of it made
-  XLA:CPU compile every leaf's elementwise update ~12x slower: measured on GPT-2 124M,
-  148 leaves, 2.5 s vs 0.2 s of CPU for the multiplies alone, and 7.0 s -> 3.2 s for the
-  whole sgd_sai step, at no cost to the steady step; see docs/guides/performance.md.
-  A slice with its own offsets is its own kernel: XLA:CPU compiles identical kernels
-  once, so 148 scalar kernels of ~10 distinct shapes are cheap and 148 slices are not.)
+  After the first step the identity branch runs: no reduction over gradient entries. The
+  per-block values cross the ``cond`` as they are, one small array per leaf, which XLA
+  compiles fastest (docs/guides/performance.md).
   """
   if not values:
     return values, normalizer
@@ -261,8 +256,7 @@ def scale_by_gsnr(
     for i, v in zip(live, captured, strict=True):
       values[i] = v
 
-    # One reciprocal for all leaves: a division per leaf was one more scalar kernel per
-    # leaf for XLA to compile, whereas the multiply fuses into the leaf's update.
+    # One reciprocal for all leaves: the multiply fuses into each leaf's update.
     inv_norm = 1 / jnp.where(normalizer > 0, normalizer, 1)
 
     def scale_leaf(g, leaf_axes, value):
@@ -285,12 +279,9 @@ def _update_and_buffer(new: jax.Array, update_dtype: Any,
   """The update and the stored buffer from the freshly averaged momentum ``new``.
 
   A buffer narrower than ``new`` (``mu_dtype=jnp.bfloat16`` under float32 gradients) is
-  rounded first and the update is taken from the rounded value. Taking the update from
-  the wide value instead makes XLA:CPU keep a temporary of it beside the buffer: measured
-  0.50 of the parameters' bytes of scratch for the compiled step on GPT-2 124M and
-  ViT-S/16 (the same as ``optax.sgd(accumulator_dtype=jnp.bfloat16)``), against 0.00 this
-  way. The difference in the update is one bfloat16 rounding of the momentum, which the
-  next step uses anyway.
+  rounded first and the update is taken from the rounded value, so that the compiled step
+  keeps no wide temporary of it (docs/guides/performance.md); the update then differs by
+  one bfloat16 rounding of the momentum, which the next step uses anyway.
   """
   if jnp.dtype(buffer_dtype).itemsize < jnp.dtype(new.dtype).itemsize:
     buffer = new.astype(buffer_dtype)

@@ -1,4 +1,4 @@
-"""sgd_sai: exactness against the SPEC vectors and a NumPy reference, and its ecosystem."""
+"""sgd_sai: exact against docs/spec.md's test vectors and a NumPy reference; its ecosystem."""
 
 import inspect
 import typing
@@ -18,7 +18,7 @@ import optax_sai
 P0 = [[1.0, 2.0], [3.0, 4.0]]
 G1 = [[0.1, -0.2], [0.3, 0.4]]
 G2 = [[-0.1, 0.05], [0.2, -0.3]]
-# SPEC.md section 6: lr 0.01, momentum 0.9, wd 0.1.
+# docs/spec.md, test vectors: lr 0.01, momentum 0.9, wd 0.1.
 SPEC = {
     False: ([[0.9969298034, 2.0021403932], [2.9907894102, 3.9877192136]],
             [[0.9942767163, 2.0037610969], [2.9817950507, 3.9768998456]]),
@@ -58,7 +58,7 @@ def test_spec_vectors_float64(normalize):
                    normalize=normalize)
   for step in range(2):
     assert max_rel_err(got[step], ref[step][0]) <= 1e-12
-    # The SPEC prints 10 significant digits (6 for the normalised case).
+    # The spec prints 10 significant digits (6 for the normalised case).
     assert max_rel_err(got[step], SPEC[normalize][step]) <= 1e-9
 
 
@@ -73,7 +73,7 @@ def test_zero_gradient_is_pure_decay():
 
 
 def test_zero_weight_decay_needs_no_params():
-  # The SPEC vectors' two steps, weight decay 0: p_t = p_{t-1} - lr * scale * m_t with
+  # The spec test vectors' two steps, weight decay 0: p_t = p_{t-1} - lr * scale * m_t with
   # scale 1 (one block), m_1 = g_1, m_2 = 0.9 g_1 + 0.1 g_2.
   tx = optax_sai.sgd_sai(0.01, weight_decay=0.0)
   p, state = jnp.asarray(P0), tx.init(jnp.asarray(P0))

@@ -78,7 +78,7 @@ def _is_none(x):
 
 
 def _np_gsnr(g: np.ndarray, eps: float = 1e-8) -> float:
-  """||g|| / (unbiased std + eps); 1 for a one-element block (SPEC section 4)."""
+  """||g|| / (unbiased std + eps); 1 for a one-element block (docs/spec.md, edge cases)."""
   g = np.asarray(g, np.float64).ravel()
   if g.size == 1:
     return 1.0
