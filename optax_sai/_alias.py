@@ -100,10 +100,18 @@ def sgd_sai(
   momentum (parameter-sized, in ``mu_dtype``) plus one value per
   block and two step counters: half of AdamW's.
 
-  ``normalize=True`` follows the paper's Algorithm 1 (scales in (0, 1]);
-  ``normalize=False`` reproduces the released PyTorch package ``sgd-sai``
-  1.0.3, whose step is ``lr * g-SNR`` (so its learning rates are smaller by
-  the largest block's g-SNR, typically a few hundred).
+  ``normalize=True`` follows the paper's Algorithm 1: a block's scale is its
+  g-SNR divided by the normaliser, the largest g-SNR among the blocks captured
+  at the first step where any block is captured. Those blocks' scales lie in
+  (0, 1]. A block captured later (its gradient was zero, e.g. below a
+  zero-initialised head) is divided by the same stored normaliser, so its scale
+  exceeds 1 whenever its g-SNR exceeds the normaliser: below a zero head of
+  ``n_head`` entries a body block of ``n`` entries gets about
+  ``sqrt(n / n_head)``, and moves at that multiple of the learning rate (see
+  ``docs/guides/algorithm.md``, edge cases). ``normalize=False`` reproduces the
+  released PyTorch package ``sgd-sai`` 1.0.3, whose step is ``lr * g-SNR`` (so
+  its learning rates are smaller by the largest block's g-SNR, typically a few
+  hundred) and does not depend on which block was captured first.
 
   Args:
     learning_rate: a fixed step size or an ``optax.Schedule``.
@@ -113,8 +121,8 @@ def sgd_sai(
       learning rate only, never by the g-SNR scale. With 0, ``update`` does not
       need ``params``.
     eps: added to each block's gradient standard deviation.
-    normalize: divide the g-SNR by the largest block's (paper) or not
-      (PyTorch package 1.0.3).
+    normalize: divide the g-SNR by the largest one captured at the first
+      capturing step (paper) or not (PyTorch package 1.0.3).
     weight_decay_mask: like ``optax.adamw``'s ``mask``: a pytree of bools or a
       callable ``params -> pytree of bools`` saying which leaves decay.
       Non-floating leaves never decay.
@@ -182,8 +190,9 @@ def scale_by_sai(
     momentum: decay of the momentum EMA, in [0, 1). 0: the g-SNR-scaled
       gradient itself.
     eps: added to each block's gradient standard deviation.
-    normalize: divide the g-SNR by the largest block's (the paper's
-      Algorithm 1) or not (the released PyTorch package ``sgd-sai`` 1.0.3).
+    normalize: divide the g-SNR by the largest one captured at the first
+      capturing step (the paper's Algorithm 1) or not (the released PyTorch
+      package ``sgd-sai`` 1.0.3).
     mu_dtype: dtype of the momentum buffer, e.g. ``jnp.bfloat16``.
     block_axes: how leaves split into blocks (see :func:`scale_by_gsnr`).
 

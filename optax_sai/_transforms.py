@@ -177,9 +177,13 @@ def scale_by_gsnr(
   ``||g||_2 / (std(g) + eps)`` is captured (unbiased std, float32 or wider)
   and frozen; every later update only multiplies by the stored scale. With
   ``normalize=True`` (Algorithm 1 of the paper) the scale is the g-SNR divided
-  by the largest captured g-SNR, so scales lie in (0, 1]; with
-  ``normalize=False`` it is the g-SNR itself (the released ``sgd-sai`` 1.0.3
-  package).
+  by the normaliser, the largest g-SNR of the blocks captured at the first
+  capturing update, so those blocks' scales lie in (0, 1]; a block captured
+  later gets its g-SNR over the same normaliser, which exceeds 1 when its
+  g-SNR is the larger (below a zero-initialised head of ``n_head`` entries, a
+  block of ``n`` entries gets about ``sqrt(n / n_head)``). With
+  ``normalize=False`` the scale is the g-SNR itself (the released ``sgd-sai``
+  1.0.3 package).
 
   Edge cases: a block whose gradient is all zero, numerically zero or
   non-finite is not captured then; it is captured at the first update where

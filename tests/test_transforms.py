@@ -452,3 +452,37 @@ def test_narrow_momentum_buffer_is_also_the_update():
     assert state.mu.dtype == jnp.bfloat16 and u.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(state.mu), m)
     np.testing.assert_array_equal(np.asarray(u), m.astype(np.float32))
+
+
+def test_body_below_a_zero_head_gets_scales_above_one():
+  """``normalize=True`` below a zero-initialised head: at step 1 only the head is captured,
+  so the stored normaliser is the head's g-SNR; the body, captured at step 2, is divided by
+  it and its scale is ``gsnr(body) / gsnr(head)`` > 1 (~ sqrt(n_body / n_head) for
+  zero-mean gradients). Checked against NumPy, with the body's first update."""
+  rng = np.random.default_rng(7)
+  x = jnp.asarray(rng.normal(size=(64, 16)), jnp.float32)
+  y = jnp.asarray(rng.normal(size=(64, 1)), jnp.float32)
+  params = {"body": jnp.asarray(rng.normal(size=(16, 32)) / 4, jnp.float32),
+            "head": jnp.zeros((32, 1), jnp.float32)}
+
+  def loss(p):
+    return jnp.mean((jnp.tanh(x @ p["body"]) @ p["head"] - y) ** 2)
+
+  lr = 0.05
+  tx = optax_sai.sgd_sai(lr, momentum=0.9, weight_decay=0.0)
+  state = tx.init(params)
+  g1 = jax.grad(loss)(params)
+  assert float(jnp.abs(g1["body"]).max()) == 0.0  # exactly zero below the zero head
+  u1, state = tx.update(g1, state)
+  params = optax.apply_updates(params, u1)
+  head_snr = np_gsnr(np.asarray(g1["head"]))
+  assert float(optax_sai.find_gsnr_state(state).normalizer) == pytest.approx(head_snr,
+                                                                            rel=1e-5)
+  g2 = jax.grad(loss)(params)
+  u2, state = tx.update(g2, state)
+  scale = np_gsnr(np.asarray(g2["body"])) / head_snr
+  assert scale > 3  # sqrt(16 * 32 / 32) = 4 for zero-mean gradients
+  assert float(optax_sai.gsnr_scales(state)["body"]) == pytest.approx(scale, rel=1e-5)
+  # The body's buffer started at step 1's zero gradient: m_2 = 0.1 * scale * g_2.
+  np.testing.assert_allclose(u2["body"], -lr * 0.1 * scale * np.asarray(g2["body"]),
+                             rtol=1e-5, atol=1e-9)
