@@ -44,6 +44,22 @@ def _floating_mask(mask: Any) -> Any:
   return resolve
 
 
+def _decoupled_weight_decay(weight_decay: Any, mask: Any) -> optax.GradientTransformation:
+  """``optax.add_decayed_weights`` on floating leaves; without ``params`` when the decay is 0.
+
+  A weight decay that is the number 0 keeps the same state (so checkpoints and
+  ``inject_hyperparams`` see one structure) but its update passes the updates through,
+  so that ``update`` needs no ``params``.
+  """
+  decay = optax.add_decayed_weights(weight_decay, mask=_floating_mask(mask))
+  if isinstance(weight_decay, jax.core.Tracer) or callable(weight_decay):
+    return decay
+  if isinstance(weight_decay, numbers.Number | jax.Array) and float(weight_decay) == 0:
+    return optax.GradientTransformation(decay.init, lambda updates, state, params=None:
+                                        (updates, state))
+  return decay
+
+
 def _direction(momentum: Any, eps: Any, normalize: Any, block_axes: Any,
                mu_dtype: Any) -> tuple[optax.GradientTransformation, ...]:
   """The validated g-SNR scale and momentum that :func:`sgd_sai` and :func:`scale_by_sai` share."""
@@ -84,20 +100,29 @@ def sgd_sai(
   momentum (parameter-sized, in ``mu_dtype``) plus one value per
   block and two step counters: half of AdamW's.
 
-  ``normalize=True`` follows the paper's Algorithm 1 (scales in (0, 1]);
-  ``normalize=False`` reproduces the released PyTorch package ``sgd-sai``
-  1.0.3, whose step is ``lr * g-SNR`` (so its learning rates are smaller by
-  the largest block's g-SNR, typically a few hundred).
+  ``normalize=True`` follows the paper's Algorithm 1: a block's scale is its
+  g-SNR divided by the normaliser, the largest g-SNR among the blocks captured
+  at the first step where any block is captured. Those blocks' scales lie in
+  (0, 1]. A block captured later (its gradient was zero, e.g. below a
+  zero-initialised head) is divided by the same stored normaliser, so its scale
+  exceeds 1 whenever its g-SNR exceeds the normaliser: below a zero head of
+  ``n_head`` entries a body block of ``n`` entries gets about
+  ``sqrt(n / n_head)``, and moves at that multiple of the learning rate (see
+  ``docs/guides/algorithm.md``, edge cases). ``normalize=False`` reproduces the
+  released PyTorch package ``sgd-sai`` 1.0.3, whose step is ``lr * g-SNR`` (so
+  its learning rates are smaller by the largest block's g-SNR, typically a few
+  hundred) and does not depend on which block was captured first.
 
   Args:
     learning_rate: a fixed step size or an ``optax.Schedule``.
     momentum: decay of the momentum EMA, in [0, 1). 0 gives plain SGD with
       the g-SNR scales.
     weight_decay: decoupled weight decay, multiplied by the (scheduled)
-      learning rate only, never by the g-SNR scale.
+      learning rate only, never by the g-SNR scale. With 0, ``update`` does not
+      need ``params``.
     eps: added to each block's gradient standard deviation.
-    normalize: divide the g-SNR by the largest block's (paper) or not
-      (PyTorch package 1.0.3).
+    normalize: divide the g-SNR by the largest one captured at the first
+      capturing step (paper) or not (PyTorch package 1.0.3).
     weight_decay_mask: like ``optax.adamw``'s ``mask``: a pytree of bools or a
       callable ``params -> pytree of bools`` saying which leaves decay.
       Non-floating leaves never decay.
@@ -131,7 +156,7 @@ def sgd_sai(
   _check_scalar("weight_decay", weight_decay, low=0.0)
   return optax.chain(
       *_direction(momentum, eps, normalize, block_axes, mu_dtype),
-      optax.add_decayed_weights(weight_decay, mask=_floating_mask(weight_decay_mask)),
+      _decoupled_weight_decay(weight_decay, weight_decay_mask),
       optax.scale_by_learning_rate(learning_rate),
   )
 
@@ -165,8 +190,9 @@ def scale_by_sai(
     momentum: decay of the momentum EMA, in [0, 1). 0: the g-SNR-scaled
       gradient itself.
     eps: added to each block's gradient standard deviation.
-    normalize: divide the g-SNR by the largest block's (the paper's
-      Algorithm 1) or not (the released PyTorch package ``sgd-sai`` 1.0.3).
+    normalize: divide the g-SNR by the largest one captured at the first
+      capturing step (the paper's Algorithm 1) or not (the released PyTorch
+      package ``sgd-sai`` 1.0.3).
     mu_dtype: dtype of the momentum buffer, e.g. ``jnp.bfloat16``.
     block_axes: how leaves split into blocks (see :func:`scale_by_gsnr`).
 

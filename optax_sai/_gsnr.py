@@ -1,10 +1,12 @@
 """The gradient signal-to-noise ratio (g-SNR) and the partition into blocks.
 
-Pure functions only: nothing here holds state. A *block* is the set of entries
-over which one g-SNR is computed. By default every pytree leaf is one block
-(PyTorch's one block per parameter tensor). A leaf with leading stacked axes
-(scanned layers) can be split into one block per slice along ``block_axes``:
-its statistic then has the shape of those axes.
+Pure functions only: nothing here holds state. Read top-down: the paper's definition
+(:func:`reference_gsnr`), the public :func:`gsnr` of a tree, the partition into blocks,
+then the two-pass computation the optimizer uses. A *block* is the set of entries over
+which one g-SNR is computed. By default every pytree leaf is one block (PyTorch's one
+block per parameter tensor). A leaf with leading stacked axes (scanned layers) can be
+split into one block per slice along ``block_axes``: its statistic then has the shape of
+those axes.
 """
 
 import math
@@ -22,15 +24,91 @@ AxesSpec = int | tuple[int, ...] | None
 BlockAxes = AxesSpec | Any | Callable[[tuple[Any, ...], Any], AxesSpec]
 
 
+def reference_gsnr(g: jax.Array, eps: float = 1e-8) -> jax.Array:
+  """The paper's g-SNR of one block, as written: ``||g||_2 / (std(g, ddof=1) + eps)``.
+
+  The definition a reader checks at a glance; :func:`leaf_gsnr` computes the same number
+  in two passes that neither overflow, underflow nor cancel, and whose results the
+  capture also uses. A one-entry block, whose std is undefined, has g-SNR 1 (= sqrt(n)).
+  """
+  g = jnp.ravel(g).astype(stats_dtype(g.dtype))
+  if g.size == 1:
+    return jnp.ones((), g.dtype)
+  return jnp.linalg.norm(g) / (jnp.std(g, ddof=1) + eps)
+
+
+def gsnr(tree: Any, eps: float = 1e-8, block_axes: BlockAxes = None) -> Any:
+  """The g-SNR of every block of a gradient pytree.
+
+  For a block of n entries with mean m and biased variance v the g-SNR is
+  ``||g|| / (std(g) + eps) = sqrt(n - 1) * sqrt(1 + m**2 / v)`` (eps -> 0): at
+  least ``sqrt(n - 1)``, and invariant to rescaling the gradient. This is the
+  statistic alone: :func:`optax_sai.scale_by_gsnr` also defers blocks that are
+  all zero, non-finite or numerically zero before capturing it.
+
+  Args:
+    tree: a pytree of gradients.
+    eps: added to the (unbiased) standard deviation.
+    block_axes: how leaves split into blocks; see :func:`optax_sai.scale_by_gsnr`.
+
+  Returns:
+    A pytree like ``tree`` with one float32 (float64 for float64 leaves) value
+    per block: a scalar per leaf, or an array of the stacked axes' shape.
+    Non-floating leaves are mapped to ``None``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax_sai
+    >>> float(optax_sai.gsnr(jnp.array([1.0, 2.0, 3.0, 4.0])))  # sqrt(18)
+    4.242640...
+
+  References:
+    Xu et al., `No More Adam: Learning Rate Scaling at Initialization is All
+    You Need <https://arxiv.org/abs/2412.11768>`_, 2024.
+  """
+  axes_tree = resolve_block_axes(block_axes, tree)
+  return _map_with_specs(
+      tree,
+      axes_tree,
+      lambda _, g, axes: leaf_gsnr(g, axes, eps) if is_trainable_leaf(g) else None,
+  )
+
+
+def leaf_gsnr(g: jax.Array, axes: tuple[int, ...] = (), eps: float = 1e-8) -> jax.Array:
+  """g-SNR of each block of one leaf: ``||g||_2 / (std(g) + eps)``.
+
+  ``std`` is the unbiased (n - 1) standard deviation, ``eps`` is added to it
+  outside the square root, as in the reference. A block of one entry, whose
+  standard deviation is undefined, gets a g-SNR of 1 (= sqrt(n) for n = 1).
+  Statistics are computed in at least float32. An all-zero block (of two or more
+  entries) has g-SNR 0, a block with a non-finite entry NaN.
+
+  Args:
+    g: a gradient leaf.
+    axes: the leaf's stacked axes; the statistic is reduced over all others.
+    eps: added to the standard deviation.
+
+  Returns:
+    An array of shape ``block_shape(g.shape, axes)``.
+  """
+  snr, peak = leaf_capture_stats(g, axes, eps)
+  if block_size(g.shape, axes) <= 1:
+    return snr
+  # Unusable blocks: all zero (peak 0) -> 0; non-finite (peak inf or NaN) -> NaN.
+  return jnp.where(block_usable(peak), snr, jnp.where(peak == 0, 0, jnp.nan)).astype(snr.dtype)
+
+
+def stats_dtype(dtype: Any) -> jnp.dtype:
+  """The dtype g-SNR statistics are computed and stored in: at least float32."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def is_trainable_leaf(x: Any) -> bool:
   """Whether a leaf takes part in SGD-SaI: a real floating-point array."""
   dtype = getattr(x, "dtype", None)
   return dtype is not None and jnp.issubdtype(dtype, jnp.floating)
 
 
-def stats_dtype(dtype: Any) -> jnp.dtype:
-  """The dtype g-SNR statistics are computed and stored in: at least float32."""
-  return jnp.promote_types(dtype, jnp.float32)
+# The partition into blocks.
 
 
 def _is_axes_spec(x: Any) -> bool:
@@ -134,43 +212,17 @@ def block_size(shape: Sequence[int], axes: tuple[int, ...]) -> int:
   return math.prod(s for i, s in enumerate(shape) if i not in axes)
 
 
-def leaf_gsnr(g: jax.Array, axes: tuple[int, ...] = (), eps: float = 1e-8) -> jax.Array:
-  """g-SNR of each block of one leaf: ``||g||_2 / (std(g) + eps)``.
+# The two passes: what the capture and leaf_gsnr compute, robust to any magnitude.
 
-  ``std`` is the unbiased (n - 1) standard deviation, ``eps`` is added to it
-  outside the square root, as in the reference. A block of one entry, whose
-  standard deviation is undefined, gets a g-SNR of 1 (= sqrt(n) for n = 1).
-  Statistics are computed in at least float32. An all-zero block (of two or more
-  entries) has g-SNR 0, a block with a non-finite entry NaN.
 
-  Args:
-    g: a gradient leaf.
-    axes: the leaf's stacked axes; the statistic is reduced over all others.
-    eps: added to the standard deviation.
-
-  Returns:
-    An array of shape ``block_shape(g.shape, axes)``.
-  """
-  snr, peak = leaf_capture_stats(g, axes, eps)
-  if block_size(g.shape, axes) <= 1:
-    return snr
-  # Unusable blocks: all zero (peak 0) -> 0; non-finite (peak inf or NaN) -> NaN.
-  return jnp.where(block_usable(peak), snr, jnp.where(peak == 0, 0, jnp.nan)).astype(snr.dtype)
+# Blocks of at least this many entries are reduced with single-output reductions (fast to
+# run), smaller ones with variadic reductions (one kernel to compile); the measurements are
+# in docs/guides/performance.md.
+LARGE_BLOCK = 1 << 16
 
 
 def _reduce_axes(ndim: int, axes: tuple[int, ...]) -> tuple[int, ...]:
   return tuple(i for i in range(ndim) if i not in axes)
-
-
-# Blocks of at least this many entries are reduced with single-output reductions, smaller
-# ones with variadic ones (several sums in one reduction). Measured with XLA:CPU (jax
-# 0.10.2, 2 cores): a variadic reduction runs ~8x slower per entry (43-47 ms against
-# 5-6 ms for one sum over GPT-2's 50257 x 768 embedding, 3.3 vs 29 GB/s), but compiles
-# to one kernel where XLA splits a single-output one into two (a reduce-window, then a
-# reduce). Small blocks cost nothing to run and most leaves are small (the 98 biases and
-# norm scales of GPT-2 124M's 148 leaves), so they take the variadic form; large blocks
-# take the fast one. See docs/guides/performance.md.
-LARGE_BLOCK = 1 << 16
 
 
 def _sums(operands: tuple[jax.Array, ...], dims: tuple[int, ...],
@@ -189,12 +241,10 @@ def _sums(operands: tuple[jax.Array, ...], dims: tuple[int, ...],
 
 
 def block_peak_and_mean(g: jax.Array, axes: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array]:
-  """Pass 1 over a leaf: ``max |g|`` and the mean of each block.
+  """Pass 1 over a leaf: ``max |g|`` and the mean of each block, in :func:`stats_dtype`.
 
-  Computed in :func:`stats_dtype`; each of shape ``block_shape(g.shape, axes)``. A sum
-  that overflowed (``n |g| > 3e38`` in float32) gives a mean of 0: it only centres pass 2,
-  and a small block's ``sum d`` then restores it (a large block's standard deviation is
-  then taken about 0).
+  A sum that overflowed (``n |g| > 3e38`` in float32) gives a mean of 0: it only centres
+  pass 2, and a small block's ``sum d`` then restores it.
   """
   g = g.astype(stats_dtype(g.dtype))
   dims = _reduce_axes(g.ndim, axes)
@@ -203,8 +253,8 @@ def block_peak_and_mean(g: jax.Array, axes: tuple[int, ...] = ()) -> tuple[jax.A
     # sum (g / n) cannot overflow: no guard, no scalar kernel between the passes.
     return _sums((jnp.abs(g), g * (1 / n)), dims, maxima=1)
   peak, total = jnp.max(jnp.abs(g), axis=dims), jnp.sum(g, axis=dims)
-  # XLA:CPU's vectorised max can drop a NaN (measured: max |g| = 0 for a 512 x 256 block of
-  # zeros and one NaN); a sum never does, so a NaN sum marks the block non-finite.
+  # XLA:CPU's vectorised max can drop a NaN; a sum never does, so a NaN sum marks the block
+  # non-finite.
   peak = jnp.where(jnp.isnan(total), jnp.nan, peak)
   return peak, jnp.where(jnp.isfinite(total), total / n, 0)
 
@@ -213,16 +263,10 @@ def block_centred_sums(g: jax.Array, axes: tuple[int, ...], peak: jax.Array,
                        mean: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Pass 2 over a leaf: ``sum d`` and ``sum d^2`` of each block, ``d = (g - mean) / peak``.
 
-  ``peak`` and ``mean`` are pass 1's, used as they are: where a block is unusable
-  (``peak`` 0 or not finite) its sums are garbage, and the caller discards them.
-
-  ``sum d`` only refines pass 1's mean (it is ~0): a large block (:data:`LARGE_BLOCK`)
-  skips it and returns 0, saving a third read of the leaf, so that the capture step stays
-  within 2x a steady step (measured on GPT-2 124M: 1.98x without it, 2.30x with it). What
-  it would correct is the variance's excess ``(mean - m)^2 / var`` from pass 1's rounding
-  of the mean ``m``. Measured against float64 on blocks whose mean is 1000 (10,000)
-  standard deviations, the g-SNR's relative error is 1.9e-7 (1.5e-6) without it, on a
-  large block, and 8.8e-7 (2.4e-6) with it, on a small one.
+  ``peak`` and ``mean`` are pass 1's, used as they are: where a block is unusable their
+  sums are garbage, and the caller discards them. A large block (:data:`LARGE_BLOCK`)
+  skips ``sum d``, which only refines pass 1's mean, and returns 0 for it: one read of the
+  leaf fewer at the capture (its cost and its accuracy: docs/guides/performance.md).
   """
   g = g.astype(stats_dtype(g.dtype))
   dims = _reduce_axes(g.ndim, axes)
@@ -232,17 +276,6 @@ def block_centred_sums(g: jax.Array, axes: tuple[int, ...], peak: jax.Array,
     return _sums((d, d * d), dims)
   d = g * inv - jnp.expand_dims(mean / peak, dims)
   return jnp.zeros_like(peak), jnp.sum(jnp.square(d), axis=dims)
-
-
-def block_usable(peak: jax.Array) -> jax.Array:
-  """Whether each block's g-SNR can be captured: its gradient is finite and not all zero.
-
-  Both follow from pass 1's ``peak = max |g|`` (NaN when the block's sum is NaN, see
-  :func:`block_peak_and_mean`): ``peak`` is finite exactly when every entry is, and
-  positive exactly when some entry is non-zero (no boolean mask per entry, which XLA:CPU
-  would materialise).
-  """
-  return jnp.isfinite(peak) & (peak > 0)
 
 
 def gsnr_from_sums(peak: jax.Array, mean: jax.Array, s1: jax.Array, s2: jax.Array, n: int,
@@ -270,16 +303,10 @@ def leaf_capture_stats(g: jax.Array, axes: tuple[int, ...] = (),
   """``(gsnr, peak)`` of each block of one leaf, in two passes over its entries.
 
   Pass 1 (:func:`block_peak_and_mean`) reads ``peak = max |g|`` and the mean; pass 2
-  (:func:`block_centred_sums`) reads ``sum d`` and ``sum d^2`` of ``d = (g - mean) /
-  peak``. Dividing by ``peak`` keeps sums of squares from overflowing (``|g| ~ 1e19`` in
-  float32) or underflowing (``|g| ~ 1e-23``); centring keeps the variance free of
-  cancellation (:func:`gsnr_from_sums`).
-
-  Pass 2 reads the raw results of pass 1, unguarded, and the tail
-  (:func:`gsnr_from_sums`) is one scalar kernel: XLA pays a fixed compile time per kernel
-  and the capture has these kernels once per leaf, so none is spent on guards between
-  the passes (guarding ``1 / peak`` and the shift there, as this function once did, cost
-  0.7 s of the 2.6 s it took XLA:CPU to compile ``gsnr`` of GPT-2 124M's 148 leaves).
+  (:func:`block_centred_sums`) the sums of ``d = (g - mean) / peak``, which neither
+  overflow nor underflow nor cancel (:func:`gsnr_from_sums`). Pass 2 reads pass 1's
+  results unguarded: XLA compiles each kernel of the capture once per leaf, so none is
+  spent on guards (docs/guides/performance.md).
 
   Returns:
     The g-SNR of every block, meaningful where :func:`block_usable` (``peak``), and
@@ -293,38 +320,30 @@ def leaf_capture_stats(g: jax.Array, axes: tuple[int, ...] = (),
   return gsnr_from_sums(peak, mean, s1, s2, n, eps), peak
 
 
-def gsnr(tree: Any, eps: float = 1e-8, block_axes: BlockAxes = None) -> Any:
-  """The g-SNR of every block of a gradient pytree.
+def block_usable(peak: jax.Array, floor: jax.typing.ArrayLike = 0) -> jax.Array:
+  """Whether each block's g-SNR can be captured: its gradient is finite and above ``floor``.
 
-  For a block of n entries with mean m and biased variance v the g-SNR is
-  ``||g|| / (std(g) + eps) = sqrt(n - 1) * sqrt(1 + m**2 / v)`` (eps -> 0): at
-  least ``sqrt(n - 1)``, and invariant to rescaling the gradient.
-
-  Args:
-    tree: a pytree of gradients.
-    eps: added to the (unbiased) standard deviation.
-    block_axes: how leaves split into blocks; see :func:`optax_sai.scale_by_gsnr`.
-
-  Returns:
-    A pytree like ``tree`` with one float32 (float64 for float64 leaves) value
-    per block: a scalar per leaf, or an array of the stacked axes' shape.
-    Non-floating leaves are mapped to ``None``.
-
-  Example:
-    >>> import jax.numpy as jnp, optax_sai
-    >>> float(optax_sai.gsnr(jnp.array([1.0, 2.0, 3.0, 4.0])))  # sqrt(18)
-    4.242640...
-
-  References:
-    Xu et al., `No More Adam: Learning Rate Scaling at Initialization is All
-    You Need <https://arxiv.org/abs/2412.11768>`_, 2024.
+  Both follow from pass 1's ``peak = max |g|`` (NaN when the block's sum is NaN, see
+  :func:`block_peak_and_mean`): ``peak`` is finite exactly when every entry is, and
+  above 0 exactly when some entry is non-zero. The capture passes the numerical-zero
+  floor of :func:`numerical_zero_floor` as ``floor``.
   """
-  axes_tree = resolve_block_axes(block_axes, tree)
-  return _map_with_specs(
-      tree,
-      axes_tree,
-      lambda _, g, axes: leaf_gsnr(g, axes, eps) if is_trainable_leaf(g) else None,
-  )
+  return jnp.isfinite(peak) & (peak > floor)
+
+
+# A block whose largest |g| is at most this fraction of the largest |g| of any block at the
+# same step is numerically zero: not captured yet, like an all-zero block. See
+# docs/guides/algorithm.md (edge cases) for the measurements behind the number.
+NUMERICAL_ZERO_RTOL = 1e-6
+
+
+def numerical_zero_floor(peaks: jax.Array) -> jax.Array:
+  """The ``max |g|`` at or below which a block is numerically zero, from every block's peak.
+
+  ``NUMERICAL_ZERO_RTOL`` times the largest finite peak: relative to the whole gradient, so
+  a uniform rescaling of all gradients (loss scaling) never changes which blocks qualify.
+  """
+  return NUMERICAL_ZERO_RTOL * jnp.max(jnp.where(jnp.isfinite(peaks), peaks, 0))
 
 
 def tree_paths(tree: Any) -> list[str]:

@@ -63,9 +63,18 @@ def _check_tree_matches(updates: Any, reference: Any, what: str) -> None:
     detail.append(
         f"same paths, different node types: {jax.tree.structure(updates)} vs {ref_struct}"
     )
+  hint = ""
+  if missing:
+    hint = (
+        ". If those are frozen parameters whose gradients are None (Equinox's "
+        "eqx.partition / eqx.filter with a filter spec), initialise the optimizer on the "
+        "trainable part only, e.g. tx.init(eqx.filter(model, filter_spec)), and pass the "
+        "same part as params to update; or keep the full tree and freeze with "
+        "optax.masked / optax.multi_transform (docs/guides/state.md, frozen parameters)"
+    )
   raise ValueError(
       f"The updates do not have the structure of the {what} the optimizer was "
-      "initialised with; " + "; ".join(detail)
+      "initialised with; " + "; ".join(detail) + hint
   )
 
 
@@ -97,19 +106,17 @@ def _all_blocks(values: list[jax.Array]) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames="axes")
 def _capture_leaf(g: jax.Array, value: jax.Array, eps: jax.typing.ArrayLike, *,
-                  axes: tuple[int, ...]) -> jax.Array:
-  """One leaf's per-block values after a capture: kept where captured, else fresh.
+                  axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+  """One leaf's per-block values after a capture, and each block's ``peak = max |g|``.
 
-  Jitted so that it is traced once per distinct leaf shape, not once per leaf: measured
-  on GPT-2 124M (148 leaves, 9 shapes), tracing and lowering the sgd_sai step took 0.44 s
-  of CPU instead of 1.07 s. XLA inlines the calls (``inline=True``, which inlines them
-  at trace time instead, lowered in 0.60 s).
+  Values are kept where captured, else fresh where the block is finite and not all zero
+  (at least the smallest normal number, so that ``gsnr > 0`` stays the capture flag).
+  Jitted so that it is traced once per distinct leaf shape, not once per leaf (trace
+  and lowering times: docs/guides/performance.md).
   """
   snr, peak = _gsnr.leaf_capture_stats(g, axes, eps)
-  # Positive whenever usable (a g-SNR that underflows is stored as the smallest normal
-  # number), so that ``gsnr > 0`` stays the capture flag.
   fresh = jnp.where(_gsnr.block_usable(peak), jnp.maximum(snr, jnp.finfo(snr.dtype).tiny), 0)
-  return jnp.where(value > 0, value, _replicated(fresh.astype(value.dtype)))
+  return jnp.where(value > 0, value, _replicated(fresh.astype(value.dtype))), _replicated(peak)
 
 
 def _capture_pending(grads: list[jax.Array], axes: list[Any], values: list[jax.Array],
@@ -117,13 +124,18 @@ def _capture_pending(grads: list[jax.Array], axes: list[Any], values: list[jax.A
                      normalize: bool) -> tuple[list[jax.Array], jax.Array]:
   """The paper's capture: every block not captured yet takes this gradient's g-SNR.
 
-  A block is captured when its gradient is usable (finite, not all zero); otherwise it
-  keeps 0 and is tried again at the next step. The normaliser is the largest g-SNR of
-  the first capturing step: while it is 0 no block has been captured, so the maximum over
-  all values then is the maximum over the blocks captured now.
+  A block is captured when its gradient is usable: finite, and not numerically zero
+  (its ``max |g|`` above :func:`optax_sai._gsnr.numerical_zero_floor` of this step's
+  gradients); otherwise it keeps 0 and is tried again at the next step. The normaliser
+  is the largest g-SNR of the first capturing step: while it is 0 no block has been
+  captured, so the maximum over all values then is the maximum over the blocks captured
+  now.
   """
-  new_values = [_capture_leaf(g, v, eps, axes=a)
-                for g, a, v in zip(grads, axes, values, strict=True)]
+  captures = [_capture_leaf(g, v, eps, axes=a)
+              for g, a, v in zip(grads, axes, values, strict=True)]
+  floor = _gsnr.numerical_zero_floor(_all_blocks([peak for _, peak in captures]))
+  new_values = [jnp.where((value == 0) & (peak <= floor), 0, new)
+                for value, (new, peak) in zip(values, captures, strict=True)]
   if normalize:
     top = jnp.max(_all_blocks(new_values)).astype(normalizer.dtype)
     normalizer = jnp.where(normalizer > 0, normalizer, top)
@@ -135,14 +147,9 @@ def _capture_once(grads: list[jax.Array], axes: list[Any], values: list[jax.Arra
                   normalize: bool) -> tuple[list[jax.Array], jax.Array]:
   """``lax.cond(every block captured, identity, capture the pending blocks)``.
 
-  After the first step the identity branch runs: no reduction over gradient entries.
-  The per-block values cross the ``cond`` as they are, one small array per leaf. (They
-  used to be packed into one flat vector; slicing each leaf's scale back out of it made
-  XLA:CPU compile every leaf's elementwise update ~12x slower: measured on GPT-2 124M,
-  148 leaves, 2.5 s vs 0.2 s of CPU for the multiplies alone, and 7.0 s -> 3.2 s for the
-  whole sgd_sai step, at no cost to the steady step; see docs/guides/performance.md.
-  A slice with its own offsets is its own kernel: XLA:CPU compiles identical kernels
-  once, so 148 scalar kernels of ~10 distinct shapes are cheap and 148 slices are not.)
+  After the first step the identity branch runs: no reduction over gradient entries. The
+  per-block values cross the ``cond`` as they are, one small array per leaf, which XLA
+  compiles fastest (docs/guides/performance.md).
   """
   if not values:
     return values, normalizer
@@ -170,13 +177,22 @@ def scale_by_gsnr(
   ``||g||_2 / (std(g) + eps)`` is captured (unbiased std, float32 or wider)
   and frozen; every later update only multiplies by the stored scale. With
   ``normalize=True`` (Algorithm 1 of the paper) the scale is the g-SNR divided
-  by the largest captured g-SNR, so scales lie in (0, 1]; with
-  ``normalize=False`` it is the g-SNR itself (the released ``sgd-sai`` 1.0.3
-  package).
+  by the normaliser, the largest g-SNR of the blocks captured at the first
+  capturing update, so those blocks' scales lie in (0, 1]; a block captured
+  later gets its g-SNR over the same normaliser, which exceeds 1 when its
+  g-SNR is the larger (below a zero-initialised head of ``n_head`` entries, a
+  block of ``n`` entries gets about ``sqrt(n / n_head)``). With
+  ``normalize=False`` the scale is the g-SNR itself (the released ``sgd-sai``
+  1.0.3 package).
 
-  Edge cases: a block whose gradient is all zero or non-finite is not
-  captured then; it is captured at the first update where its gradient is
-  non-zero and finite, and until then its update is zero. The normaliser is
+  Edge cases: a block whose gradient is all zero, numerically zero or
+  non-finite is not captured then; it is captured at the first update where
+  its gradient is finite and not numerically zero, and until then its update
+  is zero. Numerically zero: the block's ``max |g|`` is at most 1e-6 of the
+  largest ``max |g|`` of any block in that update (float32 rounding left on a
+  gradient that is zero in exact arithmetic, such as an attention key bias's);
+  the line is relative, so rescaling every gradient by the same factor never
+  changes which blocks are captured. The normaliser is
   fixed at the first capturing update, so no captured scale ever changes. A
   one-entry block has g-SNR 1. Non-floating leaves get a zero update.
 
@@ -244,8 +260,7 @@ def scale_by_gsnr(
     for i, v in zip(live, captured, strict=True):
       values[i] = v
 
-    # One reciprocal for all leaves: a division per leaf was one more scalar kernel per
-    # leaf for XLA to compile, whereas the multiply fuses into the leaf's update.
+    # One reciprocal for all leaves: the multiply fuses into each leaf's update.
     inv_norm = 1 / jnp.where(normalizer > 0, normalizer, 1)
 
     def scale_leaf(g, leaf_axes, value):
@@ -268,12 +283,9 @@ def _update_and_buffer(new: jax.Array, update_dtype: Any,
   """The update and the stored buffer from the freshly averaged momentum ``new``.
 
   A buffer narrower than ``new`` (``mu_dtype=jnp.bfloat16`` under float32 gradients) is
-  rounded first and the update is taken from the rounded value. Taking the update from
-  the wide value instead makes XLA:CPU keep a temporary of it beside the buffer: measured
-  0.50 of the parameters' bytes of scratch for the compiled step on GPT-2 124M and
-  ViT-S/16 (the same as ``optax.sgd(accumulator_dtype=jnp.bfloat16)``), against 0.00 this
-  way. The difference in the update is one bfloat16 rounding of the momentum, which the
-  next step uses anyway.
+  rounded first and the update is taken from the rounded value, so that the compiled step
+  keeps no wide temporary of it (docs/guides/performance.md); the update then differs by
+  one bfloat16 rounding of the momentum, which the next step uses anyway.
   """
   if jnp.dtype(buffer_dtype).itemsize < jnp.dtype(new.dtype).itemsize:
     buffer = new.astype(buffer_dtype)

@@ -1,4 +1,4 @@
-"""Independent NumPy references for the tests (float64), written from the paper and SPEC.md."""
+"""Independent NumPy references for the tests (float64), written from the paper and docs/spec.md."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def test_public_api_is_documented():
 
 def test_every_public_name_has_an_api_entry():
   api = (DOCS / "api.md").read_text()
-  documented = set(re.findall(r"^\.\. auto(?:function|class):: optax_sai\.(\w+)", api, re.M))
+  documented = set(re.findall(r"^\.\. auto(?:function|class|data):: optax_sai\.(\w+)", api, re.M))
   assert documented == set(optax_sai.__all__)
 
 

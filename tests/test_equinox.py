@@ -78,7 +78,7 @@ def _is_none(x):
 
 
 def _np_gsnr(g: np.ndarray, eps: float = 1e-8) -> float:
-  """||g|| / (unbiased std + eps); 1 for a one-element block (SPEC section 4)."""
+  """||g|| / (unbiased std + eps); 1 for a one-element block (docs/spec.md, edge cases)."""
   g = np.asarray(g, np.float64).ravel()
   if g.size == 1:
     return 1.0
@@ -160,3 +160,43 @@ def test_equinox_blocks_below_a_zero_head_are_captured_at_the_second_step():
   assert float(_eval_loss(model, x, y)) < 0.2 * initial
   assert isinstance(optax_sai.find_gsnr_state(opt_state).normalizer, jax.Array)
   assert optax.tree_utils.tree_norm(eqx.filter(model, eqx.is_array)) > 0
+
+
+def test_frozen_layers_init_on_the_trainable_part():
+  # Equinox's frozen-layer pattern: gradients only for the head (None elsewhere).
+  x, y = _data()
+  model = Net(jax.random.key(4))
+  filter_spec = jax.tree.map(lambda _: False, model)
+  filter_spec = eqx.tree_at(lambda m: (m.mlp.layers[-1].weight, m.mlp.layers[-1].bias),
+                            filter_spec, replace=(True, True))
+
+  @eqx.filter_jit
+  def head_grads(model):
+    diff, static = eqx.partition(model, filter_spec)
+    return eqx.filter_grad(lambda d: _loss(eqx.combine(d, static), x, y, None))(diff)
+
+  tx = optax_sai.sgd_sai(0.1, weight_decay=0.0)
+  # Initialised on every array, the None gradients of the frozen part are missing from
+  # the updates: the error names the fix.
+  opt_state = tx.init(eqx.filter(model, eqx.is_array))
+  with pytest.raises(ValueError, match=r"missing from the updates.*eqx\.filter\(model, "
+                                       r"filter_spec\)"):
+    tx.update(head_grads(model), opt_state, eqx.filter(model, eqx.is_array))
+
+  # Initialised on the trainable part, it trains the head and leaves the rest alone.
+  trainable = eqx.filter(model, filter_spec)
+  opt_state = tx.init(trainable)
+  g1 = head_grads(model)
+  initial = float(_eval_loss(model, x, y))
+  body_before = [np.asarray(layer.weight) for layer in model.mlp.layers[:-1]]
+  for _ in range(50):
+    updates, opt_state = tx.update(head_grads(model), opt_state)  # wd 0: no params needed
+    model = eqx.apply_updates(model, updates)
+  for layer, w in zip(model.mlp.layers[:-1], body_before, strict=True):
+    np.testing.assert_array_equal(np.asarray(layer.weight), w)
+  assert float(_eval_loss(model, x, y)) < initial
+  head = [np.asarray(g) for g in jax.tree.leaves(g1)]
+  assert len(head) == 2  # the head's weight and its one-element bias (g-SNR 1)
+  scales = [float(s) for s in jax.tree.leaves(optax_sai.gsnr_scales(opt_state))]
+  snr = [_np_gsnr(g) for g in head]
+  np.testing.assert_allclose(scales, np.array(snr) / max(snr), rtol=1e-4)

@@ -13,7 +13,7 @@ from references import np_gsnr
 
 import optax_sai
 
-# SPEC.md section 6 (float64, computed with the reference).
+# docs/spec.md, test vectors (float64, computed with the reference).
 SPEC_G4 = [1.0, 2.0, 3.0, 4.0]
 SPEC_G4_SNR = 4.2426407  # sqrt(18)
 SPEC_G22 = [[0.1, -0.2], [0.3, 0.4]]
@@ -28,7 +28,7 @@ SPEC_G3_SNR = 2.999998
 )
 def test_spec_values_float32(g, expected):
   value = float(optax_sai.gsnr(jnp.asarray(g, jnp.float32)))
-  # The SPEC values carry 8 significant digits.
+  # The spec's test vectors carry 8 significant digits.
   assert value == pytest.approx(expected, rel=1e-6)
 
 
@@ -42,6 +42,21 @@ def test_spec_values_float64_exact():
     assert optax_sai.gsnr(jnp.asarray(SPEC_G4)).dtype == jnp.float64
 
 
+@pytest.mark.parametrize("shape, mean", [((4,), 0.0), ((17, 9), 0.3), ((8, 3, 5), 50.0),
+                                         ((512, 256), 0.1), ((1,), 0.0)])
+def test_two_passes_compute_the_papers_definition(rng, shape, mean):
+  # The two-pass computation (both reduction paths: small blocks and LARGE_BLOCK ones)
+  # against the definition written as it is printed, in float32 and float64.
+  from optax_sai import _gsnr
+  g = rng.normal(mean, 1.0, size=shape)
+  for dtype, rtol in ((jnp.float32, 2e-5), (jnp.float64, 1e-12)):
+    with jax.enable_x64(dtype == jnp.float64):
+      x = jnp.asarray(g, dtype)
+      want = float(_gsnr.reference_gsnr(x))
+      assert float(optax_sai.gsnr(x)) == pytest.approx(want, rel=rtol)
+      assert want == pytest.approx(np_gsnr(g), rel=rtol)
+
+
 def test_unbiased_std_not_biased():
   # A biased std would give sqrt(24) = 4.899 for [1, 2, 3, 4].
   value = float(optax_sai.gsnr(jnp.asarray(SPEC_G4)))
@@ -49,7 +64,7 @@ def test_unbiased_std_not_biased():
 
 
 def test_closed_form_against_moments(rng):
-  # snr = sqrt(n-1) * sqrt(1 + m^2 / v) for eps -> 0 (SPEC.md section 2).
+  # snr = sqrt(n-1) * sqrt(1 + m^2 / v) for eps -> 0 (docs/spec.md, what the g-SNR is).
   g = rng.normal(0.3, 1.0, size=(17, 9))
   n, m, v = g.size, g.mean(), g.var()
   expected = math.sqrt(n - 1) * math.sqrt(1 + m * m / v)
@@ -172,7 +187,7 @@ def test_lower_bound_sqrt_n_minus_1(g):
 
 
 def test_unusable_blocks_of_the_public_gsnr():
-  # SPEC edge cases as `gsnr` reports them: an all-zero block (n >= 2) has g-SNR 0, a
+  # The spec's edge cases as `gsnr` reports them: an all-zero block (n >= 2) has g-SNR 0, a
   # block with a non-finite entry NaN, a one-entry block 1 (sqrt(n) for n = 1).
   out = optax_sai.gsnr({
       "zero": jnp.zeros(4), "nan": jnp.array([1.0, jnp.nan]), "inf": jnp.array([1.0, jnp.inf]),

@@ -1,6 +1,6 @@
 """``scale_by_sai``: SGD-SaI without learning rate or weight decay, for trainers that add them.
 
-The expected parameters are SPEC section 6's vectors (computed in float64 with the
+The expected parameters are the test vectors of docs/spec.md (computed in float64 with the
 authors' reference); the trainer-shaped chains are the three recipes of
 docs/guides/recipes.md, checked against those vectors or against ``sgd_sai``'s
 update rule written out in NumPy.
@@ -21,7 +21,7 @@ import optax_sai
 P0 = np.array([[1.0, 2.0], [3.0, 4.0]])
 G1 = np.array([[0.1, -0.2], [0.3, 0.4]])
 G2 = np.array([[-0.1, 0.05], [0.2, -0.3]])
-# SPEC section 6, lr 0.01, mu 0.9, wd 0.1.
+# docs/spec.md, test vectors: lr 0.01, mu 0.9, wd 0.1.
 P1_RAW = np.array([[0.9969298034, 2.0021403932], [2.9907894102, 3.9877192136]])
 P2_RAW = np.array([[0.9942767163, 2.0037610969], [2.9817950507, 3.9768998456]])
 P1_NORM = np.array([[0.998, 2.0], [2.994, 3.992]])
@@ -53,7 +53,8 @@ def test_spec_vectors_with_decay_and_learning_rate_added(normalize, p1, p2):
 
 
 def test_two_block_scales_from_the_spec():
-  # SPEC: blocks [[0.1,-0.2],[0.3,0.4]] and [0.01,0.02,0.04] get scales 0.69007 and 1.0.
+  # docs/spec.md, test vectors: blocks [[0.1,-0.2],[0.3,0.4]] and [0.01,0.02,0.04] get
+  # scales 0.69007 and 1.0.
   g = {"a": jnp.asarray(G1, jnp.float32), "b": jnp.array([0.01, 0.02, 0.04])}
   tx = optax_sai.scale_by_sai(0.9)
   updates, state = tx.update(g, tx.init(g))

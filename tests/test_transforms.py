@@ -95,6 +95,72 @@ class TestScaleByGsnr:
     _, state = tx.update({"a": g}, state)
     assert float(state.gsnr["a"]) == pytest.approx(np_gsnr(np.asarray(g)), rel=1e-5)
 
+  def test_numerically_zero_block_deferred_like_a_zero_block(self, rng):
+    # A key bias's gradient is zero in exact arithmetic (softmax is shift invariant) and
+    # ~1e-11 in float32: deferred, not captured with an eps-dominated g-SNR of ~0.01.
+    noise = jnp.asarray(rng.normal(size=8) * 4e-11, jnp.float32)
+    body = jnp.asarray(rng.normal(0.1, 1.0, size=(8, 8)) * 1e-2, jnp.float32)
+    tx = optax_sai.scale_by_gsnr()
+    params = {"key_bias": noise, "w": body}
+    state = tx.init(params)
+    u, state = tx.update({"key_bias": noise, "w": body}, state)
+    assert not bool(state.captured["key_bias"]) and bool(state.captured["w"])
+    assert float(jnp.abs(u["key_bias"]).max()) == 0.0
+    assert float(state.normalizer) == pytest.approx(np_gsnr(np.asarray(body)), rel=1e-5)
+    # A real gradient later is captured, divided by the stored normaliser.
+    late = jnp.asarray(rng.normal(size=8) * 1e-3, jnp.float32)
+    _, state = tx.update({"key_bias": late, "w": body}, state)
+    scales = optax_sai.gsnr_scales(state)
+    want = np_gsnr(np.asarray(late)) / np_gsnr(np.asarray(body))
+    assert float(scales["key_bias"]) == pytest.approx(want, rel=1e-5)
+
+  @pytest.mark.parametrize("ratio, captured", [(2e-6, True), (5e-7, False)])
+  def test_numerical_zero_line_is_relative_to_the_largest_block(self, rng, ratio, captured):
+    # The line: a block is numerically zero when max|g| <= 1e-6 * the largest max|g| of
+    # the step's gradients (optax_sai._gsnr.NUMERICAL_ZERO_RTOL).
+    big = np.asarray(rng.normal(size=16), np.float64)
+    small = np.asarray(rng.normal(size=5), np.float64)
+    small *= ratio * np.abs(big).max() / np.abs(small).max()
+    grads = {"big": jnp.asarray(big, jnp.float32), "small": jnp.asarray(small, jnp.float32)}
+    tx = optax_sai.scale_by_gsnr(normalize=False, eps=0.0)
+    _, state = tx.update(grads, tx.init(grads))
+    assert bool(state.captured["small"]) == captured
+    if captured:  # with eps = 0 the tiny block's g-SNR is the ordinary one
+      assert float(state.gsnr["small"]) == pytest.approx(np_gsnr(small, eps=0.0), rel=1e-5)
+
+  @pytest.mark.parametrize("factor", [1e-4, 1e-2, 1.0, 1e2, 1e4])
+  def test_uniform_rescaling_captures_the_same_blocks(self, rng, factor):
+    # Loss scaling must not change which blocks are captured (nor, with eps -> 0, the
+    # scales): an exact zero, a 1e-9-relative residue and three ordinary blocks.
+    base = {"zero": np.zeros(4), "residue": rng.normal(size=6) * 1e-9,
+            "w": rng.normal(0.2, 1.0, size=(6, 5)), "b": rng.normal(size=5) * 1e-3,
+            "ln": rng.normal(1.0, 0.1, size=5) * 1e-1}
+    grads = {k: jnp.asarray(v * factor, jnp.float32) for k, v in base.items()}
+    tx = optax_sai.scale_by_gsnr(eps=0.0)
+    _, state = tx.update(grads, tx.init(grads))
+    assert {k: bool(v) for k, v in state.captured.items()} == {
+        "zero": False, "residue": False, "w": True, "b": True, "ln": True}
+    snr = {k: np_gsnr(base[k], eps=0.0) for k in ("w", "b", "ln")}
+    top = max(snr.values())
+    scales = optax_sai.gsnr_scales(state)
+    for k, v in snr.items():
+      assert float(scales[k]) == pytest.approx(v / top, rel=1e-5)
+
+  def test_attention_key_bias_of_a_real_layer_is_deferred(self):
+    # Flax's MultiHeadAttention has a separate key bias; its gradient is float32 rounding.
+    model = nnx.MultiHeadAttention(num_heads=2, in_features=16, decode=False,
+                                   rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (4, 8, 16))
+    grads = nnx.to_pure_dict(
+        nnx.state(nnx.grad(lambda m: jnp.mean(jnp.tanh(m(x)) ** 2))(model), nnx.Param))
+    assert 0 < float(jnp.abs(grads["key"]["bias"]).max()) < 1e-7  # not an exact zero
+    tx = optax_sai.scale_by_gsnr()
+    _, state = tx.update(grads, tx.init(grads))
+    captured = state.captured
+    assert not bool(captured["key"]["bias"])
+    assert all(bool(c) for c in jax.tree.leaves(
+        {k: v for k, v in captured.items() if k != "key"})) and bool(captured["key"]["kernel"])
+
   def test_one_element_blocks_scale_one(self):
     tx = optax_sai.scale_by_gsnr(normalize=False)
     params = {"s": jnp.array(1.0), "v": jnp.array([2.0])}
@@ -386,3 +452,37 @@ def test_narrow_momentum_buffer_is_also_the_update():
     assert state.mu.dtype == jnp.bfloat16 and u.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(state.mu), m)
     np.testing.assert_array_equal(np.asarray(u), m.astype(np.float32))
+
+
+def test_body_below_a_zero_head_gets_scales_above_one():
+  """``normalize=True`` below a zero-initialised head: at step 1 only the head is captured,
+  so the stored normaliser is the head's g-SNR; the body, captured at step 2, is divided by
+  it and its scale is ``gsnr(body) / gsnr(head)`` > 1 (~ sqrt(n_body / n_head) for
+  zero-mean gradients). Checked against NumPy, with the body's first update."""
+  rng = np.random.default_rng(7)
+  x = jnp.asarray(rng.normal(size=(64, 16)), jnp.float32)
+  y = jnp.asarray(rng.normal(size=(64, 1)), jnp.float32)
+  params = {"body": jnp.asarray(rng.normal(size=(16, 32)) / 4, jnp.float32),
+            "head": jnp.zeros((32, 1), jnp.float32)}
+
+  def loss(p):
+    return jnp.mean((jnp.tanh(x @ p["body"]) @ p["head"] - y) ** 2)
+
+  lr = 0.05
+  tx = optax_sai.sgd_sai(lr, momentum=0.9, weight_decay=0.0)
+  state = tx.init(params)
+  g1 = jax.grad(loss)(params)
+  assert float(jnp.abs(g1["body"]).max()) == 0.0  # exactly zero below the zero head
+  u1, state = tx.update(g1, state)
+  params = optax.apply_updates(params, u1)
+  head_snr = np_gsnr(np.asarray(g1["head"]))
+  assert float(optax_sai.find_gsnr_state(state).normalizer) == pytest.approx(head_snr,
+                                                                            rel=1e-5)
+  g2 = jax.grad(loss)(params)
+  u2, state = tx.update(g2, state)
+  scale = np_gsnr(np.asarray(g2["body"])) / head_snr
+  assert scale > 3  # sqrt(16 * 32 / 32) = 4 for zero-mean gradients
+  assert float(optax_sai.gsnr_scales(state)["body"]) == pytest.approx(scale, rel=1e-5)
+  # The body's buffer started at step 1's zero gradient: m_2 = 0.1 * scale * g_2.
+  np.testing.assert_allclose(u2["body"], -lr * 0.1 * scale * np.asarray(g2["body"]),
+                             rtol=1e-5, atol=1e-9)
