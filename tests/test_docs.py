@@ -20,8 +20,9 @@ MODULES = sorted(
     m.name for m in pkgutil.iter_modules(optax_sai.__path__, prefix="optax_sai.")
 )
 # The pages other parts of the project (README, notebooks, issues) link to.
-PAGES = ("index", "api", "changelog", "guides/algorithm", "guides/recipes", "guides/scale_out",
-         "guides/performance", "guides/study", "guides/lora", "guides/examples")
+PAGES = ("index", "api", "spec", "changelog", "guides/algorithm", "guides/state",
+         "guides/recipes", "guides/scale_out", "guides/performance",
+         "guides/study", "guides/lora", "guides/examples")
 NOTEBOOKS = ("quickstart", "gsnr_explorer", "compare_optimizers")
 
 
