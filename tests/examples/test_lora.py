@@ -7,11 +7,10 @@ import json
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from examples.common import metrics, optim
+from examples.common import checkpoint, metrics, optim, training
 from examples.lora import configs, sweep
 from examples.lora import train as lora_train
 
@@ -36,10 +35,7 @@ def _flat(tree) -> dict[str, np.ndarray]:
 
 
 def _params_at(workdir, step) -> dict[str, np.ndarray]:
-  mgr = ocp.CheckpointManager((workdir / "checkpoints").absolute())
-  raw = mgr.restore(step, args=ocp.args.StandardRestore())
-  mgr.close()
-  return _flat(lora_train._pure(raw["params"]))
+  return _flat(checkpoint.restore_pure(workdir, step))
 
 
 def test_lora_trains_adapters_only_captures_a_at_step_2_and_resumes(micro_lora, tmp_path):
@@ -76,7 +72,7 @@ def test_lora_trains_adapters_only_captures_a_at_step_2_and_resumes(micro_lora, 
     assert row["scale"] > 0, path
     assert row["captured_at_step"] == (2 if path.endswith("lora_a") else 1), path
   # A does not move at step 1 (zero gradient, no weight decay) and moves from step 2 on.
-  init = _flat(lora_train.initial_params(task))
+  init = _flat(training.init_params(task))
   step1, step2 = _params_at(tmp_path / "full", 1), _params_at(tmp_path / "full", 2)
   for path in trained:
     if path.endswith("lora_a"):
@@ -103,7 +99,7 @@ def test_pinned_a_scale_never_captures_or_moves_a(micro_lora):
   cfg = dataclasses.replace(micro_lora, steps=3)
   out = lora_train.train(cfg, "sgd_sai", None, grad_mask=sweep.pin_a_scale_at_zero(),
                          progress=False)
-  init = _flat(lora_train.initial_params(lora_train.build_task(cfg, "sgd_sai")))
+  init = _flat(training.init_params(lora_train.build_task(cfg, "sgd_sai")))
   for path, value in _flat(out["params"]).items():
     if path.endswith("lora_a"):
       np.testing.assert_array_equal(value, init[path], err_msg=path)
