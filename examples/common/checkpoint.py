@@ -25,7 +25,8 @@ class CheckpointError(RuntimeError):
 def _reason(error: BaseException) -> str:
   """The first line of an error, shortened (orbax / TensorStore messages run for pages)."""
   text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-  text = text if len(text) <= 240 else text[:240] + " ..."
+  # Long messages keep their head (what failed) and their tail (the OS error, if any).
+  text = text if len(text) <= 300 else f"{text[:150]} ... {text[-150:]}"
   return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
@@ -200,4 +201,6 @@ def _pure(tree: Any) -> Any:
       return _pure(tree["value"])
     return {(int(k) if isinstance(k, str) and k.isdigit() else k): _pure(v)
             for k, v in tree.items()}
-  return np.asarray(tree)
+  if isinstance(tree, list | tuple):  # optimizer states (chains, named tuples) come back so
+    return [_pure(v) for v in tree]
+  return tree if tree is None else np.asarray(tree)

@@ -414,9 +414,9 @@ def fit(
           _write_or_stop(writer.write, record, writer.path, last_checkpoint)
         if not finite:
           raise NonFiniteLossError(
-              f"the training loss is {record['train_loss']} at step {done} (mean of steps "
-              f"{done - since + 1}-{done}); {last_checkpoint()}. Lower the learning rate "
-              f"(--lr) or clip harder (--clip-norm), in a new --workdir.")
+              f"the training loss (the mean of steps {done - since + 1}-{done}) is "
+              f"{record['train_loss']} at step {done}; {last_checkpoint()}. Lower the "
+              f"learning rate (--lr) or clip harder (--clip-norm), in a new --workdir.")
         rate = (done - first_step) * task.units_per_step / max(time.perf_counter() - t_first,
                                                                 1e-9)
         bar.set_postfix(loss=f"{record['train_loss']:.4f}", **{f"{task.unit}/s": f"{rate:.0f}"})
@@ -575,6 +575,12 @@ def train(
   return result
 
 
+def _drop_tracebacks(record: logging.LogRecord) -> bool:
+  """A logging filter that keeps a record but not its traceback."""
+  record.exc_info, record.exc_text, record.stack_info = None, None, None
+  return True
+
+
 def main(
     argv: Sequence[str] | None,
     *,
@@ -632,6 +638,9 @@ def main(
     workdir = default_workdir(config, optimizer)
     print(f"no --workdir given: writing to {workdir}", file=sys.stderr)
   extra = {k: v for k, v in vars(args).items() if k not in base}
+  # Orbax logs a failed background save with a traceback per thread (hundreds of lines);
+  # keep its one-line messages, the error below says what happened and what to do.
+  logging.getLogger("absl").addFilter(_drop_tracebacks)
   try:
     result = train_fn(config, args.optimizer, workdir, resume=args.resume,
                       resume_step=args.resume_step, mesh=args.mesh,
