@@ -107,3 +107,25 @@ def test_pinned_a_scale_never_captures_or_moves_a(micro_lora):
     else:
       assert np.abs(value).max() > 0 and out["adapters"][path]["captured_at_step"] == 1
   assert out["a_captured"] == 0 and out["a_rel_change_mean"] == 0.0
+
+
+@pytest.mark.slow
+def test_cli_announces_pretraining_and_keeps_outputs_by_default(
+    micro_lora, tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  argv = ["--config", "tiny", "--no-progress", "--steps", "2", "--eval-every", "2",
+          "--base-steps", "3", "--base-dir", str(tmp_path / "base")]
+  for f in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "warmup_steps",
+            "log_every", "eval_batches", "ckpt_every", "rank", "base_data_dir", "data_dir"):
+    argv += [f"--{f.replace('_', '-')}", str(getattr(micro_lora, f))]
+  lora_train.main(argv)
+  out, err = capsys.readouterr()
+  assert "pretraining the base model first: 3 adamw steps on pydoc, cached in " in err
+  assert "no --workdir given: writing to runs/lora-tiny-sgd_sai-r4" in err
+  workdir = tmp_path / "runs" / "lora-tiny-sgd_sai-r4"
+  assert [r["step"] for r in metrics.read_metrics(workdir)] == [1, 2]
+  assert f"metrics:     {workdir.relative_to(tmp_path) / 'metrics.jsonl'}" in err
+  assert json.loads(out)["step"] == 2
+  # The cached base is reused: no second announcement.
+  lora_train.main([*argv, "--workdir", str(tmp_path / "again")])
+  assert "the base model first" not in capsys.readouterr().err
