@@ -339,7 +339,7 @@ def fit(
     state = ckpt.restore(target, restore_at)
     params, opt_state = state["params"], state["opt_state"]
     start, loss_sum = int(state["step"]), state["loss_sum"]
-    if primary and (dropped := ckpt.delete_after(start)):
+    if (dropped := ckpt.delete_after(start)) and primary:  # every process takes part
       log.warning("resuming from step %d: deleted the later checkpoints %s", start, dropped)
   else:
     if ckpt is not None and ckpt.latest_step() is not None:
