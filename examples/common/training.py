@@ -630,6 +630,7 @@ def main(
   if args.resume_step is not None and not args.resume:
     parser.error("--resume-step: needs --resume")
   try:
+    mesh_lib.join_distributed()  # before the device count (a multi-process job's count)
     mesh_lib.parse_mesh(args.mesh, jax.device_count())
   except ValueError as e:
     parser.error(f"--mesh: {e}")
