@@ -576,7 +576,9 @@ def train(
 
 
 def _drop_tracebacks(record: logging.LogRecord) -> bool:
-  """A logging filter that keeps a record but not its traceback."""
+  """A logging filter that keeps a record's first line, without any traceback."""
+  lines = record.getMessage().splitlines()
+  record.msg, record.args = (lines[0] if lines else ""), ()
   record.exc_info, record.exc_text, record.stack_info = None, None, None
   return True
 
@@ -639,9 +641,10 @@ def main(
     workdir = default_workdir(config, optimizer)
     print(f"no --workdir given: writing to {workdir}", file=sys.stderr)
   extra = {k: v for k, v in vars(args).items() if k not in base}
-  # Orbax logs a failed background save with a traceback per thread (hundreds of lines);
-  # keep its one-line messages, the error below says what happened and what to do.
-  logging.getLogger("absl").addFilter(_drop_tracebacks)
+  # Orbax logs a failed background save with a traceback per thread and per write task
+  # (hundreds of lines); keep one line of each, the error below says what to do.
+  for name in ("absl", "asyncio"):
+    logging.getLogger(name).addFilter(_drop_tracebacks)
   try:
     result = train_fn(config, args.optimizer, workdir, resume=args.resume,
                       resume_step=args.resume_step, mesh=args.mesh,

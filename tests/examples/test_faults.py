@@ -252,10 +252,11 @@ def test_a_full_disk_ends_with_one_line_and_the_last_checkpoint_intact(
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 1, proc.stderr[-3000:]
   assert proc.stdout == ""
-  # One error line from the command, no traceback before it (orbax logs one line per failed
-  # writer thread; at exit one of its threads sometimes still reports a closed event loop).
+  # One error line from the command and no traceback through our code. (Orbax logs one
+  # line per failed writer; TensorStore's callbacks sometimes still print a bare "Event loop
+  # is closed" traceback from its C++ threads, which no Python hook sees.)
   (last,) = [line for line in proc.stderr.splitlines() if line.startswith("python -m")]
-  assert "Traceback" not in proc.stderr.split(last)[0]
+  assert "examples/" not in proc.stderr.replace(last, "")
   assert last.startswith(f"python -m examples.gpt2.train: error: writing a checkpoint in "
                          f"{workdir / 'checkpoints'} failed ("), last
   assert "File too large" in last
