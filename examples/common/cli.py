@@ -1,7 +1,7 @@
 """The command line every example's ``train.py`` shares, generated from its config dataclass.
 
 Run flags: ``--config NAME``, ``--optimizer NAME``, ``--workdir DIR``, ``--resume``,
-``--mesh data=2,fsdp=4``, ``--stop-after N``, ``--[no-]progress``.
+``--resume-step N``, ``--mesh data=2,fsdp=4``, ``--stop-after N``, ``--[no-]progress``.
 
 Config overrides, all through :func:`examples.common.config.apply_overrides` (so they are
 checked against the dataclass's fields and types the same way, applied in command-line
@@ -13,16 +13,20 @@ order):
   ``--scan-layers`` / ``--no-scan-layers`` for booleans), generated from the dataclass,
   plus the short aliases ``--lr``, ``--wd`` and ``--warmup``.
 
-Adding a field to a config dataclass is all it takes to make it settable.
+Adding a field to a config dataclass is all it takes to make it settable. A value the config
+rejects (:meth:`examples.common.config.TrainConfig.check`) is a usage error naming the flag,
+raised before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from examples.common.config import OPTIMIZERS, ConfigError, apply_overrides, field_types
@@ -75,12 +79,23 @@ def _settable(tp: Any) -> bool:
   return all(a in (int, float, str, bool) for a in args)
 
 
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+  return value
+
+
 def build_parser(
     description: str,
     configs: Sequence[str],
     config_cls: type,
     *,
     choices: Mapping[str, Sequence[str]] | None = None,
+    prog: str | None = None,
 ) -> argparse.ArgumentParser:
   """The parser of an example: run flags, ``--set``, and one flag per scalar config field.
 
@@ -89,20 +104,28 @@ def build_parser(
     configs: the names ``--config`` accepts (the first is the default).
     config_cls: the example's config dataclass; its fields become flags.
     choices: optional allowed values of some fields (``{"dtype": ["float32", ...]}``).
+    prog: the command shown in usage lines (``python -m examples.gpt2.train``).
 
   Returns:
     An ``argparse.ArgumentParser``; parse with it, then call :func:`config_from_args`.
   """
   choices = dict(choices or {})
-  p = argparse.ArgumentParser(description=description)
+  p = argparse.ArgumentParser(
+      prog=prog, description=description,
+      # One usage line (the full list is long): errors stay two lines.
+      usage="%(prog)s [--config NAME] [--optimizer NAME] [--workdir DIR] [--resume] "
+      "[FLAG VALUE ...] (--help lists them)")
   p.add_argument("--config", default=configs[0], choices=list(configs),
                  help=f"default: {configs[0]}")
   p.add_argument("--optimizer", default=None, choices=OPTIMIZERS,
                  help="default: the config's (sgd_sai)")
   p.add_argument("--workdir", help="metrics.jsonl, gsnr.json, checkpoints/, curves.png")
   p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+  p.add_argument("--resume-step", type=_positive_int, metavar="STEP",
+                 help="with --resume: continue from this checkpoint instead of the latest "
+                 "(later ones are deleted), e.g. when the latest is damaged")
   p.add_argument("--mesh", default=None, help="e.g. 'data=2,fsdp=4' (default: all on data)")
-  p.add_argument("--stop-after", type=int,
+  p.add_argument("--stop-after", type=_positive_int, metavar="STEP",
                  help="stop after this step (simulated pre-emption; the schedule keeps --steps)")
   p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                  help="tqdm bar (default: only when stdout is a terminal)")
@@ -126,21 +149,60 @@ def build_parser(
   return p
 
 
+def flag_names(field: str) -> str:
+  """How the command line spells a config field: ``--learning-rate/--lr``, ``--set a.b``."""
+  if "." in field:
+    return f"--set {field}"
+  return "/".join([f"--{field.replace('_', '-')}", *ALIASES.get(field, ())])
+
+
 def config_from_args(
     args: argparse.Namespace, get_config: Callable[[str], Any],
     parser: argparse.ArgumentParser | None = None,
 ) -> Any:
-  """The named config with the command line's overrides applied (bad ones: a usage error)."""
+  """The named config with the command line's overrides applied.
+
+  A bad key or value (unknown field, wrong type, out of range) is a usage error naming the
+  flag (``parser.error``: exit status 2) when ``parser`` is given, else a ``ConfigError``.
+  """
   config = get_config(args.config)
   try:
     return apply_overrides(config, getattr(args, "overrides", None) or [])
   except ConfigError as e:
     if parser is None:
       raise
-    parser.error(str(e))
+    parser.error(f"{flag_names(e.field)}: {e.reason}" if e.field else str(e))
+
+
+def _json_scalar(value: Any) -> Any:
+  return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def summary(result: Mapping[str, Any]) -> str:
-  """The final metrics as one JSON line (arrays left out)."""
-  return json.dumps({k: v for k, v in result.items() if isinstance(v, int | float | str)})
+  """The final metrics as one JSON line (arrays left out, full precision, no NaN: null)."""
+  return json.dumps({k: _json_scalar(v) for k, v in result.items()
+                     if isinstance(v, int | float | str) or v is None}, allow_nan=False)
+
+
+def human_summary(result: Mapping[str, Any], workdir: str | None) -> str:
+  """A few lines for people: the final numbers and where the outputs are."""
+  parts = [f"step {result['step']}"] if "step" in result else []
+  for key in ("train_loss", "val_loss", "val_accuracy"):
+    if isinstance(result.get(key), float) and math.isfinite(result[key]):
+      parts.append(f"{key} {result[key]:.4f}")
+  if isinstance(result.get("wall_time_s"), float):
+    parts.append(f"{result['wall_time_s']:.1f} s")
+  lines = ["done: " + ", ".join(parts)]
+  if workdir is None:
+    lines.append("nothing was written (pass --workdir DIR to keep metrics, plot and "
+                 "checkpoints)")
+  else:
+    from examples.common import metrics  # the file names
+
+    root = Path(workdir)
+    for label, name in (("metrics", metrics.METRICS_FILE), ("plot", metrics.CURVES_FILE),
+                        ("g-SNR", metrics.GSNR_FILE), ("checkpoints", "checkpoints")):
+      if (root / name).exists():
+        lines.append(f"{label + ':':13s}{root / name}")
+  return "\n".join(lines)
 

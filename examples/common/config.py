@@ -1,12 +1,16 @@
-"""The training fields every example shares, and the one way to override any config field.
+"""The training fields every example shares, their checks, and overrides written as text.
 
 A config is a frozen dataclass (``TrainConfig`` extended by each example with its model and
-data fields). Every field can be set from the command line or from Python through one path,
-:func:`apply_overrides`, which checks the key against the dataclass's fields and parses the
-value according to the field's type::
+data fields). Text overrides (the command line's ``--set key=value`` and generated flags)
+go through :func:`apply_overrides`, which checks the key against the dataclass's fields and
+parses the value according to the field's type::
 
     cfg = apply_overrides(get_config("tiny"), ["learning_rate=3e-3", "clip_norm=none",
                                                "learning_rates.adamw=1e-3"])
+
+In Python, ``dataclasses.replace(cfg, steps=50)`` does the same with typed values. Either
+way the config checks its values when it is built (:meth:`TrainConfig.check`): a negative
+learning rate, zero steps or a momentum of 1.5 raise :class:`ConfigError` naming the field.
 
 Per-optimizer defaults are plain data: ``learning_rates`` and ``weight_decays`` map an
 optimizer name to the value used when ``learning_rate`` / ``weight_decay`` are left unset.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -24,6 +29,58 @@ from typing import Any
 from flax.core import FrozenDict
 
 OPTIMIZERS = ("sgd_sai", "adamw", "sgdm", "adam", "lion", "adafactor")
+
+class ConfigError(ValueError):
+  """A config field is unknown, or its value does not fit the field's type or range.
+
+  Attributes:
+    field: the field (``learning_rate``, or ``learning_rates.adamw`` for a table entry) the
+      error is about, or ``None``; the command line turns it into the flag's name.
+  """
+
+  def __init__(self, message: str, field: str | None = None):
+    super().__init__(f"{field}: {message}" if field else message)
+    self.field = field
+    self.reason = message
+
+
+def check_range(field: str, value: Any, *, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False, optional: bool = False) -> None:
+  """Checks that a config value lies in an interval.
+
+  Args:
+    field: the field's name (for the message).
+    value: its value.
+    low, high: the bounds (``None``: unbounded on that side).
+    low_open, high_open: exclude the bound itself.
+    optional: ``None`` is allowed.
+
+  Raises:
+    ConfigError: ``value`` is outside the interval, not finite, or ``None`` when not optional.
+  """
+  if value is None:
+    if optional:
+      return
+    raise ConfigError("must be set (got none)", field)
+  if isinstance(value, float) and not math.isfinite(value):
+    raise ConfigError(f"must be a finite number (got {value})", field)
+  too_low = low is not None and (value <= low if low_open else value < low)
+  too_high = high is not None and (value >= high if high_open else value > high)
+  if too_low or too_high:
+    if high is None:
+      want = f"> {low:g}" if low_open else f">= {low:g}"
+    elif low is None:
+      want = f"< {high:g}" if high_open else f"<= {high:g}"
+    else:
+      want = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    raise ConfigError(f"must be {want} (got {value})", field)
+
+
+def check_divides(field: str, value: int, divisor_field: str, divisor: int) -> None:
+  """Raises :class:`ConfigError` unless ``divisor`` (field ``divisor_field``) divides ``value``."""
+  if value % divisor:
+    raise ConfigError(f"must be a multiple of {divisor_field} ({divisor}) (got {value})", field)
+
 
 # Fallbacks when a config's tables have no entry for the chosen optimizer.
 _FALLBACK_LR = 1e-3
@@ -67,6 +124,30 @@ class TrainConfig:
     # Hashable mappings: the config is a static attribute of the nnx models.
     for f in ("learning_rates", "weight_decays"):
       object.__setattr__(self, f, FrozenDict(getattr(self, f)))
+    self.check()
+
+  def check(self) -> None:
+    """Checks every field's range (subclasses extend it with their own fields).
+
+    Raises:
+      ConfigError: the first field out of range, by name.
+    """
+    for name in ("steps", "batch_size", "log_every", "eval_every", "ckpt_every",
+                 "keep_checkpoints"):
+      check_range(name, getattr(self, name), low=1)
+    for name in ("warmup_steps", "eval_batches"):
+      check_range(name, getattr(self, name), low=0)
+    check_range("decay_steps", self.decay_steps, low=1, optional=True)
+    check_range("learning_rate", self.learning_rate, low=0, low_open=True, optional=True)
+    check_range("weight_decay", self.weight_decay, low=0, optional=True)
+    check_range("min_lr_ratio", self.min_lr_ratio, low=0, high=1)
+    check_range("clip_norm", self.clip_norm, low=0, optional=True)
+    check_range("momentum", self.momentum, low=0, high=1, high_open=True)
+    check_range("b2", self.b2, low=0, high=1, high_open=True)
+    for opt, lr in self.learning_rates.items():
+      check_range(f"learning_rates.{opt}", lr, low=0, low_open=True)
+    for opt, wd in self.weight_decays.items():
+      check_range(f"weight_decays.{opt}", wd, low=0)
 
   @property
   def optimizer_defaults(self) -> tuple[tuple[str, float, float], ...]:
@@ -87,15 +168,6 @@ class TrainConfig:
         learning_rate=lr if self.learning_rate is None else self.learning_rate,
         weight_decay=wd if self.weight_decay is None else self.weight_decay,
     )
-
-
-def override(config: Any, **fields: Any) -> Any:
-  """``dataclasses.replace`` that ignores ``None`` values (unset keyword arguments)."""
-  return dataclasses.replace(config, **{k: v for k, v in fields.items() if v is not None})
-
-
-class ConfigError(ValueError):
-  """An override names no field of the config, or its value does not fit the field's type."""
 
 
 def field_types(config_cls: type) -> dict[str, Any]:
@@ -125,14 +197,14 @@ def parse_value(tp: Any, text: str, key: str = "value") -> Any:
           return parse_value(a, text, key)
         except ConfigError:
           pass
-    raise ConfigError(f"{key}: cannot read {text!r} as {_type_name(tp)}")
+    raise ConfigError(f"cannot read {text!r} as {_type_name(tp)}", key)
   if tp is bool:
     word = text.strip().lower()
     if word in _TRUE_WORDS:
       return True
     if word in _FALSE_WORDS:
       return False
-    raise ConfigError(f"{key}: expected a bool (true/false), got {text!r}")
+    raise ConfigError(f"expected a bool (true/false), got {text!r}", key)
   if tp is int:
     try:
       return int(text)
@@ -144,15 +216,15 @@ def parse_value(tp: Any, text: str, key: str = "value") -> Any:
         value = float("nan")
       if value == value and value == int(value):
         return int(value)
-      raise ConfigError(f"{key}: expected an int, got {text!r}") from None
+      raise ConfigError(f"expected an int, got {text!r}", key) from None
   if tp is float:
     try:
       return float(text)
     except ValueError:
-      raise ConfigError(f"{key}: expected a float, got {text!r}") from None
+      raise ConfigError(f"expected a float, got {text!r}", key) from None
   if tp is str:
     return text
-  raise ConfigError(f"{key}: fields of type {_type_name(tp)} cannot be set from text")
+  raise ConfigError(f"fields of type {_type_name(tp)} cannot be set from text", key)
 
 
 def _type_name(tp: Any) -> str:
@@ -181,7 +253,8 @@ def apply_overrides(config: Any, assignments: Iterable[str | tuple[str, str]]) -
     A new config with the fields replaced.
 
   Raises:
-    ConfigError: unknown key, or a value that does not parse as the field's type.
+    ConfigError: unknown key, a value that does not parse as the field's type, or one out
+      of the field's range (:meth:`TrainConfig.check`).
 
   Example:
     >>> from examples.gpt2.configs import get_config

@@ -1,4 +1,4 @@
-"""Layer helpers both example models use."""
+"""Layer helpers the example models use (dropout)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``metrics.jsonl`` (one JSON object per logged step), ``gsnr.json`` and ``curves.png``."""
+"""``metrics.jsonl`` (one JSON object per logged step), ``gsnr.json``, ``curves.png`` and
+``config.json`` (the resolved config a run started with, checked when it is resumed)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 METRICS_FILE = "metrics.jsonl"
 GSNR_FILE = "gsnr.json"
 CURVES_FILE = "curves.png"
+CONFIG_FILE = "config.json"
 
 
 def _clean(value: Any) -> Any:
@@ -28,7 +30,8 @@ class MetricsWriter:
 
   Opening with ``resume_step`` keeps only the records with ``step <= resume_step`` (those
   written before the checkpoint being resumed), so a resumed run's file equals an
-  uninterrupted run's.
+  uninterrupted run's. A last line cut short (the process was killed while writing it) is
+  dropped.
   """
 
   def __init__(self, workdir: str | os.PathLike[str], resume_step: int | None = None):
@@ -36,23 +39,53 @@ class MetricsWriter:
     self.path.parent.mkdir(parents=True, exist_ok=True)
     kept = []
     if resume_step is not None and self.path.exists():
-      kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
+      kept = [r for r in read_metrics(self.path, partial_tail=True)
+              if r["step"] <= resume_step]
     with self.path.open("w") as f:
       for record in kept:
         f.write(json.dumps(record) + "\n")
 
   def write(self, record: Mapping[str, Any]) -> None:
     with self.path.open("a") as f:
-      f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+      f.write(json.dumps({k: _clean(v) for k, v in record.items()}, allow_nan=False) + "\n")
 
 
-def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-  """Reads ``metrics.jsonl`` (a file, or a workdir containing one)."""
+def read_metrics(path: str | os.PathLike[str], partial_tail: bool = False
+                 ) -> list[dict[str, Any]]:
+  """Reads ``metrics.jsonl`` (a file, or a workdir containing one).
+
+  Args:
+    path: the file or its workdir.
+    partial_tail: skip a last line without its newline that is not JSON (a write cut
+      short), instead of raising.
+
+  Returns:
+    The records, in order.
+  """
   path = Path(path)
   if path.is_dir():
     path = path / METRICS_FILE
-  with path.open() as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = path.read_text()
+  lines = text.splitlines()
+  if partial_tail and lines and not text.endswith("\n"):
+    try:
+      json.loads(lines[-1])
+    except json.JSONDecodeError:
+      lines.pop()
+  return [json.loads(line) for line in lines if line.strip()]
+
+
+def write_config(workdir: str | os.PathLike[str], config: Mapping[str, Any]) -> Path:
+  """Writes ``config.json``: the resolved config a run started with (``{field: value}``)."""
+  path = Path(workdir) / CONFIG_FILE
+  path.write_text(json.dumps(dict(config), indent=1, sort_keys=True, allow_nan=False) + "\n")
+  return path
+
+
+def read_config(workdir: str | os.PathLike[str]) -> dict[str, Any] | None:
+  """The ``config.json`` of a run (``None``: the run predates it)."""
+  path = Path(workdir) / CONFIG_FILE
+  return json.loads(path.read_text()) if path.exists() else None
 
 
 def write_gsnr(workdir: str | os.PathLike[str], table: Mapping[str, Any]) -> Path:

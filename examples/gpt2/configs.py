@@ -1,6 +1,8 @@
 """GPT-2 configurations: ``tiny`` (CPU, minutes) and the published sizes (124M to 1.5B).
 
-``get_config(name)`` returns a frozen dataclass; change fields with ``dataclasses.replace``.
+``get_config(name)`` returns a frozen dataclass. Change fields as the command line does,
+``apply_overrides(cfg, ["steps=50"])`` (:mod:`examples.common.config`), or with
+``dataclasses.replace(cfg, steps=50)``; both check the values.
 The published sizes follow nanoGPT's OpenWebText recipe (the paper's GPT-2 setting):
 context 1024, ~0.5M tokens per step, warmup 2000 then cosine to 10%, clip 1.0, b2 0.95.
 """
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from examples.common.config import TrainConfig
+from examples.common.config import TrainConfig, check_divides, check_range
 
 # Per-optimizer learning rate and weight decay, used when --lr / --weight-decay are not given
 # (plain config data: --set learning_rates.adamw=1e-3).
@@ -40,6 +42,15 @@ class GPTConfig(TrainConfig):
   # Data.
   dataset: str = "openwebtext"  # a folder under data/gpt2 with train.bin, val.bin, meta.json
   tokenizer: str = "gpt2"  # used only when the data is prepared automatically
+
+  def check(self) -> None:
+    """The training fields' checks plus the model's (sizes positive, heads divide width)."""
+    super().check()
+    check_range("vocab_size", self.vocab_size, low=1, optional=True)
+    for name in ("block_size", "n_layer", "n_head", "n_embd"):
+      check_range(name, getattr(self, name), low=1)
+    check_divides("n_embd", self.n_embd, "n_head", self.n_head)
+    check_range("dropout", self.dropout, low=0, high=1, high_open=True)
 
 
 _SIZES = {

@@ -77,8 +77,8 @@ def train(
   """Trains and returns the final metrics (``val_loss``, ``val_accuracy``, ``train_loss``,
   ``tokens_per_s``, ``wall_time_s``, ...; plus the final ``params`` and ``opt_state``).
 
-  Keyword arguments (``resume``, ``mesh``, ``stop_after``, ``progress``) are those of
-  :func:`examples.common.training.fit`.
+  Keyword arguments (``resume``, ``resume_step``, ``mesh``, ``stop_after``, ``progress``)
+  are those of :func:`examples.common.training.fit`.
   """
   return training.train(build_task, config, optimizer, workdir, steps, **kwargs)
 
@@ -87,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """The command line (``--help`` lists the flags; any config field: ``--set key=value``)."""
   return training.main(argv, description=__doc__.split("\n\n")[0], configs=configs.CONFIGS,
                        get_config=configs.get_config, train_fn=train,
+                       prog="python -m examples.gpt2.train",
                        choices={"dtype": ("float32", "bfloat16")})
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from examples.common.config import check_range
 from examples.gpt2.configs import GPTConfig
 
 # sgd_sai, adamw, sgdm: the best learning rates of the sweep in examples/README.md (LoRA
@@ -40,6 +41,12 @@ class LoRAConfig(GPTConfig):
   base_seed: int = 0
   base_dir: str = "runs/lora-base"
   base_data_dir: str | None = None
+
+  def check(self) -> None:
+    """The GPT-2 fields' checks plus the adapters' and the base recipe's."""
+    super().check()
+    check_range("rank", self.rank, low=0)
+    check_range("base_steps", self.base_steps, low=1)
 
 
 CONFIGS = ("tiny",)

@@ -6,9 +6,12 @@
     python -m examples.lora.train --config tiny --base-checkpoint runs/gpt2-tiny ...
 
 Without ``--base-checkpoint`` the base model is first pretrained with the GPT-2 example's
-own code on ``base_dataset`` (English prose, ``pydoc``) and cached under ``base_dir``;
-later runs reuse it. Fine-tuning then trains only the adapters (``nnx.LoRAParam``; the
-base ``nnx.Param`` weights are frozen and get no optimizer state) on Python source code.
+own code on ``base_dataset`` (English prose, ``pydoc``; minutes on a CPU, announced on
+standard error, with a progress bar on a terminal) and cached under ``base_dir``; later
+runs reuse it. Without ``--workdir`` the command line writes to
+``runs/lora-<config>-<optimizer>-r<rank>``. Fine-tuning then trains only the adapters
+(``nnx.LoRAParam``; the base ``nnx.Param`` weights are frozen and get no optimizer state)
+on Python source code.
 ``--rank 0`` fine-tunes every parameter instead (the full fine-tuning ceiling).
 
 In Python: ``train(get_config("tiny"), optimizer="sgd_sai", workdir=..., steps=100)``.
@@ -17,8 +20,8 @@ In Python: ``train(get_config("tiny"), optimizer="sgd_sai", workdir=..., steps=1
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
+import functools
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,12 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 
 import optax_sai
-from examples.common import metrics as metrics_lib
-from examples.common import optim, training
+from examples.common import checkpoint, optim, training
 from examples.gpt2 import configs as gpt_configs
 from examples.gpt2 import data as gpt_data
 from examples.gpt2 import train as gpt_train
@@ -64,28 +65,9 @@ def base_workdir(cfg: LoRAConfig) -> Path:
   return Path(cfg.base_dir) / key
 
 
-def _pure(tree: Any) -> Any:
-  """A raw orbax restore of an nnx state as ``nnx.replace_by_pure_dict`` reads it."""
-  if isinstance(tree, dict):
-    if set(tree) == {"value"}:
-      return _pure(tree["value"])
-    return {(int(k) if isinstance(k, str) and k.isdigit() else k): _pure(v)
-            for k, v in tree.items()}
-  return np.asarray(tree)
-
-
 def load_base(workdir: str | Path) -> dict:
   """The parameters of a GPT-2 example run's latest checkpoint, as a pure dict."""
-  directory = Path(workdir).absolute()
-  if (directory / "checkpoints").is_dir():
-    directory = directory / "checkpoints"
-  mgr = ocp.CheckpointManager(directory)
-  step = mgr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {directory}")
-  raw = mgr.restore(step, args=ocp.args.StandardRestore())
-  mgr.close()
-  return _pure(raw["params"])
+  return checkpoint.restore_pure(workdir, item="params")
 
 
 def ensure_base(cfg: LoRAConfig, progress: bool | None = None) -> tuple[dict, str]:
@@ -93,14 +75,16 @@ def ensure_base(cfg: LoRAConfig, progress: bool | None = None) -> tuple[dict, st
   if cfg.base_checkpoint is not None:
     return load_base(cfg.base_checkpoint), str(cfg.base_checkpoint)
   workdir = base_workdir(cfg)
-  ckpt_dir = workdir / "checkpoints"
   latest = None
-  if ckpt_dir.is_dir():
-    mgr = ocp.CheckpointManager(ckpt_dir.absolute())
-    latest = mgr.latest_step()
-    mgr.close()
+  if (workdir / checkpoint.CHECKPOINT_DIR).is_dir():
+    ckpt = checkpoint.Checkpointer(workdir, create=False)
+    latest = ckpt.latest_step()
+    ckpt.close()
   if latest != cfg.base_steps:
     # Pretrain with the GPT-2 example (resuming a pre-empted pretraining run).
+    what = ("resuming" if latest is not None else "pretraining") + " the base model first"
+    print(f"{what}: {cfg.base_steps} {cfg.base_optimizer} steps on {cfg.base_dataset}, "
+          f"cached in {workdir} and reused by later runs (minutes on a CPU)", file=sys.stderr)
     gpt_train.train(base_config(cfg), workdir=workdir, resume=latest is not None,
                     progress=progress)
   return load_base(workdir), str(workdir)
@@ -150,6 +134,14 @@ def capture_steps(opt_state: Any) -> dict[str, int]:
   at = found[0][1].captured_at
   return {optim.path_str(p): int(np.asarray(v).max()) if np.asarray(v).min() >= 0 else -1
           for p, v in jax.tree_util.tree_flatten_with_path(at)[0]}
+
+
+def adapter_gsnr_fields(task: training.Task, params: Any, opt_state: Any) -> dict[str, Any]:
+  """``gsnr.json``'s extra fields (``Task.gsnr_fields``): ``adapters``, ``captured_at_step``."""
+  fields: dict[str, Any] = {"adapters": adapter_blocks(task, params, opt_state)}
+  if steps := capture_steps(opt_state):
+    fields["captured_at_step"] = steps
+  return fields
 
 
 def _adapter_decay_mask(params: Any) -> Any:
@@ -228,23 +220,18 @@ def build_task(
       trainable=nnx.LoRAParam if cfg.rank > 0 else nnx.Param,
       decay_mask=_adapter_decay_mask if cfg.rank > 0 else None,
       wrap_optimizer=wrap,
+      gsnr_fields=adapter_gsnr_fields if cfg.rank > 0 else None,
   )
 
 
-def initial_params(task: training.Task) -> Any:
-  """The trainable parameters at step 0 (rebuilt: a pure function of the seed)."""
-  return jax.jit(lambda: nnx.split(task.make_model(nnx.Rngs(task.config.seed)),
-                                   task.trainable, ...)[1])()
-
-
-def adapter_report(task: training.Task, params: Any, opt_state: Any) -> dict[str, Any]:
+def adapter_blocks(task: training.Task, params: Any, opt_state: Any) -> dict[str, Any]:
   """Per adapter block: g-SNR scale and capture step (sgd_sai), how far it moved.
 
   ``rel_change`` is ``||X_T - X_0||_F / ||X_0||_F`` for ``A`` (random at start) and
   ``||B_T||_F`` for ``B`` (zero at start; reported as ``norm``).
   """
   start = {optim.path_str(p): np.asarray(v)
-           for p, v in jax.tree_util.tree_flatten_with_path(initial_params(task))[0]}
+           for p, v in jax.tree_util.tree_flatten_with_path(training.init_params(task))[0]}
   end = {optim.path_str(p): np.asarray(v)
          for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
   scales = optim.gsnr_table(opt_state) if task.config.optimizer == "sgd_sai" else {}
@@ -264,18 +251,23 @@ def adapter_report(task: training.Task, params: Any, opt_state: Any) -> dict[str
     if path in steps:
       row["captured_at_step"] = steps[path]
     blocks[path] = row
+  return blocks
+
+
+def adapter_summary(blocks: dict[str, Any]) -> dict[str, Any]:
+  """Means over :func:`adapter_blocks`: how far A moved, ‖B‖, when the A blocks were captured."""
   a_rows = [r for p, r in blocks.items() if p.endswith("lora_a")]
   summary: dict[str, Any] = {}
   if a_rows:
     summary["a_rel_change_mean"] = float(np.mean([r["rel_change"] for r in a_rows]))
     summary["b_norm_mean"] = float(np.mean([r["norm"] for p, r in blocks.items()
                                             if p.endswith("lora_b")]))
-    if steps:
+    if all("captured_at_step" in r for r in a_rows):
       at = [r["captured_at_step"] for r in a_rows]
       summary["a_captured"] = sum(s >= 0 for s in at)
       summary["a_blocks"] = len(at)
       summary["a_capture_step_max"] = max(at) if min(at) >= 0 else -1
-  return {"blocks": blocks, "summary": summary}
+  return summary
 
 
 def state_bytes(task: training.Task, optimizer: str | None = None) -> dict[str, int]:
@@ -287,13 +279,9 @@ def state_bytes(task: training.Task, optimizer: str | None = None) -> dict[str, 
   everything = nnx.state(abstract, nnx.Param)
   tx = optim.make_optimizer(cfg.optimizer, 1e-3, cfg.weight_decay or 0.0,
                             mask=task.decay_mask or optim.decay_mask)
-
-  def nbytes(tree):
-    return int(sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize
-                   for x in jax.tree.leaves(tree)))
-
-  return {"params_bytes": nbytes(everything), "trainable_bytes": nbytes(trainable),
-          "opt_state_bytes": nbytes(jax.eval_shape(tx.init, trainable))}
+  return {"params_bytes": training.tree_nbytes(everything),
+          "trainable_bytes": training.tree_nbytes(trainable),
+          "opt_state_bytes": training.tree_nbytes(jax.eval_shape(tx.init, trainable))}
 
 
 def train(
@@ -306,37 +294,33 @@ def train(
     base: dict | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-  """Fine-tunes and returns the final metrics plus ``adapters`` (see :func:`adapter_report`).
+  """Fine-tunes and returns the final metrics plus ``adapters`` (see :func:`adapter_blocks`),
+  their :func:`adapter_summary` and the :func:`state_bytes`.
 
-  Keyword arguments (``resume``, ``mesh``, ``stop_after``, ``progress``) are those of
-  :func:`examples.common.training.fit`; ``grad_mask`` and ``base`` those of
+  Keyword arguments (``resume``, ``resume_step``, ``mesh``, ``stop_after``, ``progress``)
+  are those of :func:`examples.common.training.fit`; ``grad_mask`` and ``base`` those of
   :func:`build_task`.
   """
-  if steps is not None:
-    config = dataclasses.replace(config, steps=steps)
-  task = build_task(config, optimizer, base=base, grad_mask=grad_mask,
-                    progress=kwargs.get("progress"))
-  result = training.fit(task, workdir, **kwargs)
-  report = adapter_report(task, result["params"], result["opt_state"])
-  result.update(report["summary"])
-  result["adapters"] = report["blocks"]
-  result.update(state_bytes(task))
-  if workdir is not None and task.config.rank > 0:
-    table = json.loads((Path(workdir) / metrics_lib.GSNR_FILE).read_text())
-    steps_at = capture_steps(result["opt_state"])
-    gsnr = {"scales": table, "adapters": report["blocks"]}
-    if steps_at:
-      gsnr["captured_at_step"] = steps_at
-    metrics_lib.write_gsnr(workdir, gsnr)
+  build = functools.partial(build_task, base=base, grad_mask=grad_mask,
+                            progress=kwargs.get("progress"))
+  result = training.train(build, config, optimizer, workdir, steps, **kwargs)
+  result.setdefault("adapters", {})  # full fine-tuning (rank 0) has none
+  result.update(adapter_summary(result["adapters"]))
+  result.update(state_bytes(result["task"]))
   return result
+
+
+def default_workdir(config: LoRAConfig, optimizer: str) -> str:
+  """Where the command line writes without ``--workdir``: ``runs/lora-tiny-sgd_sai-r8``."""
+  return f"runs/lora-{config.name}-{optimizer}-r{config.rank}"
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """The command line (``--help`` lists the flags; any config field: ``--set key=value``)."""
   return training.main(argv, description=__doc__.split("\n\n")[0], configs=configs.CONFIGS,
                        get_config=configs.get_config, train_fn=train,
+                       prog="python -m examples.lora.train", default_workdir=default_workdir,
                        choices={"dtype": ("float32", "bfloat16")})
-
 
 
 if __name__ == "__main__":

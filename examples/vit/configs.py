@@ -1,6 +1,8 @@
 """ViT configurations: ``tiny`` (scikit-learn's digits, CPU, minutes), ``vit-s16``, ``vit-b16``.
 
-``get_config(name)`` returns a frozen dataclass; change fields with ``dataclasses.replace``.
+``get_config(name)`` returns a frozen dataclass. Change fields as the command line does,
+``apply_overrides(cfg, ["steps=50"])`` (:mod:`examples.common.config`), or with
+``dataclasses.replace(cfg, steps=50)``; both check the values.
 The ImageNet sizes follow the paper's ViT-S/16 setting (the big_vision / DeiT-style
 recipe): 224px, batch 1024, ~90 epochs, 10k warmup steps then cosine, clip 1.0.
 """
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from examples.common.config import TrainConfig
+from examples.common.config import TrainConfig, check_divides, check_range
 
 _IMAGENET_OPTIMIZERS = dict(
     learning_rates={"sgd_sai": 1e-1, "adamw": 1e-3, "sgdm": 1e-1, "lion": 1e-4, "adafactor": 1e-2},
@@ -42,6 +44,17 @@ class ViTConfig(TrainConfig):
   augment: bool = True  # random-resized-crop + flip (image folder), +-1 px shifts (digits)
   label_smoothing: float = 0.0
   b2: float = 0.999
+
+  def check(self) -> None:
+    """The training fields' checks plus the model's (sizes positive, patches tile images)."""
+    super().check()
+    for name in ("image_size", "patch_size", "channels", "num_classes", "hidden_size", "depth",
+                 "num_heads", "mlp_dim"):
+      check_range(name, getattr(self, name), low=1)
+    check_divides("image_size", self.image_size, "patch_size", self.patch_size)
+    check_divides("hidden_size", self.hidden_size, "num_heads", self.num_heads)
+    check_range("dropout", self.dropout, low=0, high=1, high_open=True)
+    check_range("label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
 
 
 CONFIGS = ("tiny", "vit-s16", "vit-b16")

@@ -230,8 +230,8 @@ def test_main_hands_the_overridden_config_to_train(capsys):
   (config, optimizer, workdir, kwargs), = calls
   assert config == dataclasses.replace(configs.get_config("tiny"), steps=4, dataset="digits")
   assert (optimizer, workdir) == ("sgdm", None)
-  assert kwargs == {"resume": False, "mesh": None, "stop_after": 2, "progress": None,
-                    "extra": 7}
+  assert kwargs == {"resume": False, "resume_step": None, "mesh": None, "stop_after": 2,
+                    "progress": None, "extra": 7}
   assert out["val_loss"] == 1.5 and json.loads(capsys.readouterr().out) == {"val_loss": 1.5}
 
 
@@ -242,3 +242,73 @@ def test_dropout_keeps_the_expectation():
   np.testing.assert_allclose(np.unique(y), [0.0, 1 / 0.7], rtol=1e-6)
   assert abs((y == 0).mean() - 0.3) < 0.01  # 1e5 Bernoulli draws: sd 0.0015
   assert abs(y.mean() - 1.0) < 0.02
+
+
+# --- the command line refuses bad runs before writing anything ----------------------------
+
+
+@pytest.mark.parametrize("argv, flag, reason", [
+    (["--lr", "-1"], "--learning-rate/--lr", "must be > 0 (got -1.0)"),
+    (["--steps", "0"], "--steps", "must be >= 1 (got 0)"),
+    (["--steps", "-5"], "--steps", "must be >= 1 (got -5)"),
+    (["--set", "momentum=1.5"], "--momentum", "must be in [0, 1) (got 1.5)"),
+    (["--wd", "-0.01"], "--weight-decay/--wd", "must be >= 0 (got -0.01)"),
+    (["--warmup", "-1"], "--warmup-steps/--warmup", "must be >= 0 (got -1)"),
+    (["--clip-norm", "-1"], "--clip-norm", "must be >= 0 (got -1.0)"),
+    (["--lr", "nan"], "--learning-rate/--lr", "must be a finite number (got nan)"),
+    (["--set", "learning_rates.adamw=-3"], "--set learning_rates.adamw", "must be > 0"),
+    (["--min-lr-ratio", "2"], "--min-lr-ratio", "must be in [0, 1] (got 2.0)"),
+    (["--batch-size", "0"], "--batch-size", "must be >= 1 (got 0)"),
+    (["--n-embd", "30"], "--n-embd", "must be a multiple of n_head (4) (got 30)"),
+    (["--dropout", "1"], "--dropout", "must be in [0, 1) (got 1.0)"),
+    (["--stop-after", "0"], "--stop-after", "must be >= 1 (got 0)"),
+    (["--resume-step", "5"], "--resume-step", "needs --resume"),
+    (["--mesh", "data=3"], "--mesh", "needs 3 devices"),
+])
+def test_bad_values_exit_2_naming_the_flag_before_writing(argv, flag, reason, tmp_path, capsys):
+  from examples.gpt2 import train
+
+  workdir = tmp_path / "run"
+  with pytest.raises(SystemExit) as exit_info:
+    train.main(["--config", "tiny", "--workdir", str(workdir), *argv])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[0].startswith("usage: python -m examples.gpt2.train ") and len(err) == 2
+  prefix = "python -m examples.gpt2.train: error: "
+  assert err[1].startswith((prefix + flag, f"{prefix}argument {flag}")), err[1]
+  assert reason in err[1]
+  assert not workdir.exists()
+
+
+def test_python_configs_check_their_values_too():
+  from examples.lora.configs import get_config as lora_config
+  from examples.vit.configs import get_config as vit_config
+
+  with pytest.raises(config_lib.ConfigError, match="steps: must be >= 1") as e:
+    dataclasses.replace(vit_config("tiny"), steps=0)
+  assert e.value.field == "steps"
+  with pytest.raises(config_lib.ConfigError, match="image_size: must be a multiple of patch"):
+    dataclasses.replace(vit_config("tiny"), image_size=18)
+  with pytest.raises(config_lib.ConfigError, match="rank: must be >= 0"):
+    dataclasses.replace(lora_config("tiny"), rank=-1)
+  # The boundaries themselves are fine.
+  dataclasses.replace(lora_config("tiny"), rank=0, momentum=0.0, weight_decay=0.0,
+                      warmup_steps=0, clip_norm=None, min_lr_ratio=1.0)
+
+
+def test_summary_is_strict_json_with_full_precision():
+  line = cli.summary({"val_loss": 1 / 3, "tokens_per_s": float("nan"), "rate": None,
+                      "step": 7, "params": object()})
+  assert "\n" not in line
+
+  def no_constants(name):
+    raise AssertionError(f"{name} is not JSON")
+
+  assert json.loads(line, parse_constant=no_constants) == {
+      "val_loss": 1 / 3, "tokens_per_s": None, "rate": None, "step": 7}
+
+
+def test_tree_nbytes_counts_shapes_and_dtypes():
+  tree = {"a": jnp.zeros((3, 4), jnp.float32), "b": jax.ShapeDtypeStruct((5,), jnp.bfloat16),
+          "c": np.zeros((2,), np.int8)}
+  assert training.tree_nbytes(tree) == 3 * 4 * 4 + 5 * 2 + 2

@@ -138,11 +138,118 @@ def test_resume_reproduces_the_uninterrupted_run(micro_gpt, tmp_path):
   assert gsnr_full == json.loads((tmp_path / "split" / "gsnr.json").read_text())
 
 
-def test_fresh_run_refuses_a_workdir_with_checkpoints(micro_gpt, tmp_path):
+def _micro_argv(cfg, workdir, *extra) -> list[str]:
+  """The command line of ``micro_gpt`` (every field it changes from ``tiny``)."""
+  fields = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "steps", "warmup_steps",
+            "log_every", "eval_every", "eval_batches", "ckpt_every", "data_dir")
+  argv = ["--config", "tiny", "--workdir", str(workdir), "--no-progress"]
+  for f in fields:
+    argv += [f"--{f.replace('_', '-')}", str(getattr(cfg, f))]
+  return argv + list(extra)
+
+
+def test_fresh_run_refuses_a_workdir_with_checkpoints(micro_gpt, tmp_path, capsys):
   cfg = dataclasses.replace(micro_gpt, steps=2, ckpt_every=2)
   train_lib.train(cfg, "adamw", tmp_path)
   with pytest.raises(FileExistsError, match="--resume"):
     train_lib.train(cfg, "adamw", tmp_path)
+  # The command line prints the message alone (no traceback) and exits 2.
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exit_info:
+    train_lib.main(_micro_argv(cfg, tmp_path, "--optimizer", "adamw"))
+  assert exit_info.value.code == 2
+  out, err = capsys.readouterr()
+  assert out == "" and "Traceback" not in err
+  assert err.strip().splitlines() == [
+      f"python -m examples.gpt2.train: error: {tmp_path / 'checkpoints'} already holds "
+      "checkpoints (latest step 2); pass --resume to continue that run, or use a new --workdir."]
+
+
+def test_resume_refuses_a_longer_cosine_and_extends_with_its_horizon_kept(
+    micro_gpt, tmp_path, capsys):
+  cfg = dataclasses.replace(micro_gpt, steps=10, ckpt_every=5, eval_every=10)
+  train_lib.train(cfg, "sgd_sai", tmp_path, progress=False)
+  first = metrics.read_metrics(tmp_path)
+  longer = dataclasses.replace(cfg, steps=20)
+  with pytest.raises(train_lib.training.ResumeMismatchError,
+                     match="horizon 10.*add --decay-steps 10"):
+    train_lib.train(longer, "sgd_sai", tmp_path, resume=True)
+  with pytest.raises(train_lib.training.ResumeMismatchError, match="learning_rate 0.5 -> 0.1"):
+    train_lib.train(dataclasses.replace(cfg, learning_rate=0.1), "sgd_sai", tmp_path,
+                    resume=True)
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exit_info:
+    train_lib.main(_micro_argv(longer, tmp_path, "--resume"))
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 2 and "Traceback" not in err
+  assert err.startswith("python -m examples.gpt2.train: error: --resume: the run in")
+  assert metrics.read_metrics(tmp_path) == first  # nothing was touched
+
+  # The documented extension: the same cosine horizon, the learning rate stays at its floor.
+  train_lib.train(dataclasses.replace(longer, decay_steps=10), "sgd_sai", tmp_path,
+                  resume=True, progress=False)
+  records = metrics.read_metrics(tmp_path)
+  assert records[:2] == first
+  floor = cfg.min_lr_ratio * cfg.learning_rates["sgd_sai"]
+  assert [r["step"] for r in records[2:]] == [15, 20]
+  assert [r["lr"] for r in records[2:]] == pytest.approx([floor, floor], rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_10_steps(pydoc_data, tmp_path_factory):
+  """``micro_gpt`` at 10 steps, checkpointed every 5: its config, workdir and result."""
+  cfg = dataclasses.replace(
+      configs.get_config("tiny"), n_layer=2, n_head=2, n_embd=32, block_size=32,
+      batch_size=8, steps=10, warmup_steps=4, log_every=5, eval_every=10, eval_batches=2,
+      ckpt_every=5, data_dir=str(pydoc_data))
+  workdir = tmp_path_factory.mktemp("full")
+  return cfg, workdir, train_lib.train(cfg, "sgd_sai", workdir, progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncated array file", "garbage in _METADATA"])
+def test_a_damaged_checkpoint_names_the_intact_one_and_resumes_from_it(
+    damage, uninterrupted_10_steps, tmp_path, capsys):
+  cfg, full_dir, full = uninterrupted_10_steps
+  run = tmp_path / "run"
+  train_lib.train(dataclasses.replace(cfg), "sgd_sai", run, stop_after=8, progress=False)
+  assert sorted(int(p.name) for p in (run / "checkpoints").iterdir()) == [5, 8]
+  step8 = run / "checkpoints" / "8" / "default"
+  if damage == "truncated array file":
+    data = max((p for p in step8.rglob("d/*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+  else:
+    (step8 / "_METADATA").write_text("{garbage")
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exit_info:
+    train_lib.main(_micro_argv(cfg, run, "--resume"))
+  err = capsys.readouterr().err.strip().splitlines()
+  assert exit_info.value.code == 1 and not any("Traceback" in line for line in err)
+  assert err[-1].startswith(f"python -m examples.gpt2.train: error: checkpoint step 8 in "
+                            f"{run / 'checkpoints'} is damaged (")
+  assert err[-1].endswith("; step 5 is intact: continue from it with --resume --resume-step 5 "
+                          "(fit(resume_step=5)), which deletes the later checkpoints")
+  # Following the advice reproduces the uninterrupted run.
+  resumed = train_lib.main(_micro_argv(cfg, run, "--resume", "--resume-step", "5"))
+  assert metrics.read_metrics(run) == metrics.read_metrics(full_dir)
+  jax.tree.map(np.testing.assert_array_equal, resumed["params"], full["params"])
+
+
+def test_output_is_one_json_line_then_a_human_summary(micro_gpt, tmp_path, capsys):
+  # One step: no step after the compiling one is timed, so the rate is undefined (null).
+  cfg = dataclasses.replace(micro_gpt, steps=1)
+  train_lib.main(_micro_argv(cfg, tmp_path))
+  out, err = capsys.readouterr()
+
+  def no_constants(name):
+    raise AssertionError(f"{name} is not JSON")
+
+  (line,) = out.splitlines()
+  result = json.loads(line, parse_constant=no_constants)
+  assert result["tokens_per_s"] is None and result["step"] == 1
+  assert result["val_loss"] == metrics.read_metrics(tmp_path)[-1]["val_loss"]  # full precision
+  for name in ("metrics.jsonl", "curves.png", "checkpoints"):
+    assert str(tmp_path / name) in err
 
 
 def test_cli_writes_every_artifact(pydoc_data, tmp_path, capsys):

@@ -7,11 +7,10 @@ import json
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from examples.common import metrics, optim
+from examples.common import checkpoint, metrics, optim, training
 from examples.lora import configs, sweep
 from examples.lora import train as lora_train
 
@@ -36,10 +35,7 @@ def _flat(tree) -> dict[str, np.ndarray]:
 
 
 def _params_at(workdir, step) -> dict[str, np.ndarray]:
-  mgr = ocp.CheckpointManager((workdir / "checkpoints").absolute())
-  raw = mgr.restore(step, args=ocp.args.StandardRestore())
-  mgr.close()
-  return _flat(lora_train._pure(raw["params"]))
+  return _flat(checkpoint.restore_pure(workdir, step))
 
 
 def test_lora_trains_adapters_only_captures_a_at_step_2_and_resumes(micro_lora, tmp_path):
@@ -76,7 +72,7 @@ def test_lora_trains_adapters_only_captures_a_at_step_2_and_resumes(micro_lora, 
     assert row["scale"] > 0, path
     assert row["captured_at_step"] == (2 if path.endswith("lora_a") else 1), path
   # A does not move at step 1 (zero gradient, no weight decay) and moves from step 2 on.
-  init = _flat(lora_train.initial_params(task))
+  init = _flat(training.init_params(task))
   step1, step2 = _params_at(tmp_path / "full", 1), _params_at(tmp_path / "full", 2)
   for path in trained:
     if path.endswith("lora_a"):
@@ -103,7 +99,7 @@ def test_pinned_a_scale_never_captures_or_moves_a(micro_lora):
   cfg = dataclasses.replace(micro_lora, steps=3)
   out = lora_train.train(cfg, "sgd_sai", None, grad_mask=sweep.pin_a_scale_at_zero(),
                          progress=False)
-  init = _flat(lora_train.initial_params(lora_train.build_task(cfg, "sgd_sai")))
+  init = _flat(training.init_params(lora_train.build_task(cfg, "sgd_sai")))
   for path, value in _flat(out["params"]).items():
     if path.endswith("lora_a"):
       np.testing.assert_array_equal(value, init[path], err_msg=path)
@@ -111,3 +107,25 @@ def test_pinned_a_scale_never_captures_or_moves_a(micro_lora):
     else:
       assert np.abs(value).max() > 0 and out["adapters"][path]["captured_at_step"] == 1
   assert out["a_captured"] == 0 and out["a_rel_change_mean"] == 0.0
+
+
+@pytest.mark.slow
+def test_cli_announces_pretraining_and_keeps_outputs_by_default(
+    micro_lora, tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  argv = ["--config", "tiny", "--no-progress", "--steps", "2", "--eval-every", "2",
+          "--base-steps", "3", "--base-dir", str(tmp_path / "base")]
+  for f in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "warmup_steps",
+            "log_every", "eval_batches", "ckpt_every", "rank", "base_data_dir", "data_dir"):
+    argv += [f"--{f.replace('_', '-')}", str(getattr(micro_lora, f))]
+  lora_train.main(argv)
+  out, err = capsys.readouterr()
+  assert "pretraining the base model first: 3 adamw steps on pydoc, cached in " in err
+  assert "no --workdir given: writing to runs/lora-tiny-sgd_sai-r4" in err
+  workdir = tmp_path / "runs" / "lora-tiny-sgd_sai-r4"
+  assert [r["step"] for r in metrics.read_metrics(workdir)] == [1, 2]
+  assert f"metrics:     {workdir.relative_to(tmp_path) / 'metrics.jsonl'}" in err
+  assert json.loads(out)["step"] == 2
+  # The cached base is reused: no second announcement.
+  lora_train.main([*argv, "--workdir", str(tmp_path / "again")])
+  assert "the base model first" not in capsys.readouterr().err
