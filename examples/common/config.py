@@ -23,7 +23,9 @@ from typing import Any
 
 from flax.core import FrozenDict
 
-OPTIMIZERS = ("sgd_sai", "adamw", "sgdm", "adam", "lion", "adafactor")
+from examples.common import optim
+
+OPTIMIZERS = tuple(optim.OPTIMIZERS)  # every optimizer the examples and the studies accept
 
 # Fallbacks when a config's tables have no entry for the chosen optimizer.
 _FALLBACK_LR = 1e-3
