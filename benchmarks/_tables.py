@@ -70,9 +70,7 @@ MODELS: dict[str, Model] = {m.key: m for m in (
     Model("gpt2", "examples.gpt2.configs", "examples.gpt2.train", "examples.gpt2.model:GPT",
           title="tiny GPT-2 on the `{dataset}` corpus", loss_unit="nats/byte",
           dataset="stdlib", overrides=(("eval_batches", 16),),
-          width_fields=lambda w: {"n_embd": w}, accuracy=False,
-          note="The ViT's study is in `../vit/table.md` (its data, scikit-learn's digits, "
-               "repeats: see there)."),
+          width_fields=lambda w: {"n_embd": w}, accuracy=False, note=""),
     # scikit-learn's digits (1,500 training images) with the example's +-1 pixel shifts:
     # many epochs at the longer budgets, evaluated on the 297 held-out images.
     Model("vit", "examples.vit.configs", "examples.vit.train", "examples.vit.model:ViT",

@@ -69,7 +69,7 @@ def write_table(study: Spec, analysis: dict[str, Any], out: Path, meta: dict[str
   spec = study.model_spec
   acc = study.model_spec.accuracy  # accuracy columns beside the loss
   lines = [
-      f"# Budget-scaling study: {spec.title.format(dataset=study.dataset)}",
+      f"# {study.heading}: {spec.title.format(dataset=study.dataset)}",
       "",
       f"Best seed-mean final val loss ({spec.loss_unit}) per optimizer (the best learning "
       "rate is the one with the lowest seed-0 val loss), with its learning rate, its seeds "
@@ -172,7 +172,8 @@ def write_table(study: Spec, analysis: dict[str, Any], out: Path, meta: dict[str
   if missing:
     lines += ["", "Not yet run (pending; each is queued in the order listed, cheapest first): "
               + ", ".join(f"{b} steps at width {w}" for b, w in missing) + "."]
-  lines += ["", study.model_spec.note, ""]
+  note = study.note or study.model_spec.note
+  lines += ["", note, ""] if note else [""]
   lines += [
       "Band = width in decades of the learning-rate interval around the best point whose "
       "seed-0 final loss is within 2% (5%) of the best, interpolated linearly in log lr; "

@@ -24,6 +24,7 @@ class Spec:
 
   Attributes:
     name: the spec's name (``python -m benchmarks.study NAME``).
+    heading: the report's title (before the model's).
     model: a key of :data:`benchmarks._tables.MODELS`.
     optimizers: keys of ``examples.common.optim.OPTIMIZERS``.
     budgets: training steps (each with its own warmup and cosine decay).
@@ -44,9 +45,11 @@ class Spec:
     stages: ``(budget, width)`` pairs to run; ``None``: all, cheapest first.
     results: the results folder under ``benchmarks/results``; ``""``: ``study/NAME``.
     report_scales: the report lists sgd_sai's per-block scales at the first step.
+    note: a paragraph for the report (default: the model's note on its data).
   """
 
   name: str
+  heading: str = "Budget-scaling study"
   model: str = "gpt2"
   optimizers: tuple[str, ...] = ("sgd_sai", "adamw", "sgdm")
   budgets: tuple[int, ...] = (100, 300, 1000, 3000)
@@ -66,6 +69,7 @@ class Spec:
   stages: tuple[tuple[int, int], ...] | None = None
   results: str = ""
   report_scales: bool = False
+  note: str = ""
 
   def __post_init__(self):
     if self.model not in MODELS:

@@ -9,8 +9,8 @@ model's per-block g-SNR scales at the first step.
 
 from benchmarks.study.spec import Spec
 
-_AXES = dict(optimizers=("sgd_sai", "sgd_sai_unnorm", "adamw", "sgdm"), budgets=(300,),
-             seeds_best=(), seeds_best_largest=(), report_scales=True)
+_AXES = dict(heading="Kinds of model", optimizers=("sgd_sai", "sgd_sai_unnorm", "adamw", "sgdm"),
+             budgets=(300,), seeds_best=(), seeds_best_largest=(), report_scales=True)
 
 SPECS = (
     Spec("kinds_gpt2", model="gpt2", widths=(64,), **_AXES),

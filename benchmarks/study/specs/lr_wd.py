@@ -8,7 +8,8 @@ extended while the best sits on an edge; seed 1 (2 at 3,000 steps) at the best.
 
 from benchmarks.study.spec import Spec
 
-_AXES = dict(optimizers=("sgd_sai", "sgd_sai_unnorm", "adamw", "sgdm"), lr_ks=(-2, -1, 0, 1, 2),
+_AXES = dict(heading="Learning rate x weight decay",
+             optimizers=("sgd_sai", "sgd_sai_unnorm", "adamw", "sgdm"), lr_ks=(-2, -1, 0, 1, 2),
              wd_ks=(-2, 0, 2), decay_per_step=True, budgets=(1000, 3000), widths=(64,))
 
 SPECS = (

@@ -11,6 +11,8 @@ normaliser) is the weight-decay check: ``--optimizers sgd_sai_unnorm --widths 64
 from benchmarks.study.spec import Spec
 
 SPECS = (
-    Spec("scaling_gpt2", model="gpt2", widths=(128, 64, 256), results="study_scaling/gpt2"),
+    Spec("scaling_gpt2", model="gpt2", widths=(128, 64, 256), results="study_scaling/gpt2",
+         note="The ViT's study is in `../vit/table.md` (its data, scikit-learn's digits, "
+              "repeats: see there)."),
     Spec("scaling_vit", model="vit", widths=(64, 128), results="study_scaling/vit"),
 )
