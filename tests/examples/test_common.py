@@ -246,3 +246,15 @@ def test_dropout_keeps_the_expectation():
   np.testing.assert_allclose(np.unique(y), [0.0, 1 / 0.7], rtol=1e-6)
   assert abs((y == 0).mean() - 0.3) < 0.01  # 1e5 Bernoulli draws: sd 0.0015
   assert abs(y.mean() - 1.0) < 0.02
+
+
+def test_the_command_line_accepts_every_optimizer_the_studies_run():
+  from benchmarks.study.specs import SPECS
+  from examples.common import cli
+  from examples.gpt2 import configs
+
+  parser = cli.build_parser("gpt2", configs.CONFIGS, configs.GPTConfig)
+  for key in sorted({k for spec in SPECS.values() for k in spec.optimizers}):
+    assert parser.parse_args(["--optimizer", key]).optimizer == key
+  with pytest.raises(SystemExit):
+    parser.parse_args(["--optimizer", "not_an_optimizer"])
