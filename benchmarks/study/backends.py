@@ -36,11 +36,14 @@ def build_task(spec: Spec, width: int, budget: int, key: str, seed: int = 0) -> 
 
 
 def first_step_gsnr(spec: Spec, width: int) -> dict[str, Any]:
-  """SGD-SaI's g-SNR capture at the first step of seed 0 at this width: ``normaliser``
-  (``max_k snr_k``) and ``scales`` (each block's ``normalize=True`` scale, by path).
+  """SGD-SaI's g-SNR capture over the first two steps of seed 0 at this width:
+  ``normaliser`` (``max_k snr_k``, fixed at step 1) and ``scales`` (each block's
+  ``normalize=True`` scale, by path; blocks below a zero-initialised head are captured at
+  step 2).
 
-  Measured, not assumed: one step of ``sgd_sai`` (``normalize=True``) on the task's first
-  batch, read back with ``optax_sai.find_gsnr_state`` and ``optim.gsnr_table``.
+  Measured, not assumed: two steps of ``sgd_sai`` (``normalize=True``, at its default
+  learning rate's first warmup value) on the task's first batches, read back with
+  ``optax_sai.find_gsnr_state`` and ``optim.gsnr_table``.
   """
   cache_key = (spec.model, width, spec.dataset, spec.overrides)
   if cache_key not in _FIRST_STEPS:
@@ -53,9 +56,13 @@ def first_step_gsnr(spec: Spec, width: int) -> dict[str, Any]:
     task = build_task(spec, width, max(spec.budgets), "sgd_sai", 0)
     graphdef, params, rest = nnx.split(
         task.make_model(nnx.Rngs(jax.random.PRNGKey(0))), nnx.Param, ...)
-    tx = optim.task_optimizer(task, 1.0)
+    cfg = task.config
+    tx = optim.task_optimizer(task, planner_lib.default_hyperparameters(spec, "sgd_sai")[0]
+                              / max(cfg.warmup_steps, 1))
     step = jax.jit(training.make_train_step(graphdef, rest, task, tx))
-    _, state, _ = step(params, tx.init(params), task.train_batch(0), 0)
+    state = tx.init(params)
+    for t in range(2):
+      params, state, _ = step(params, state, task.train_batch(t), t)
     _FIRST_STEPS[cache_key] = {
         "normaliser": float(optax_sai.find_gsnr_state(state).normalizer),
         "scales": optim.gsnr_table(state)}

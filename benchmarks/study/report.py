@@ -345,7 +345,7 @@ def _weight_decay_section(study: Spec, analysis: dict[str, Any]) -> list[str]:
 
 
 def _scales_section(study: Spec, out: Path) -> list[str]:
-  """sgd_sai's per-block scales at the first step, per width (all of them in scales.json)."""
+  """sgd_sai's per-block scales after two steps, per width (all of them in scales.json)."""
   if not study.report_scales:
     return []
   import numpy as np
@@ -355,9 +355,9 @@ def _scales_section(study: Spec, out: Path) -> list[str]:
   measured = {w: backends.first_step_gsnr(study, w) for w in study.widths}
   (out / "scales.json").write_text(json.dumps(
       {str(w): m for w, m in measured.items()}, indent=1) + "\n")
-  lines = ["", "g-SNR scales of sgd_sai (`normalize=True`) captured at the first step (seed "
-           "0), per block; every block's in `scales.json`. Above 1: blocks whose g-SNR "
-           "exceeds the normaliser's (captured after it).", "",
+  lines = ["", "g-SNR scales of sgd_sai (`normalize=True`) captured in the first two steps "
+           "(seed 0), per block; every block's in `scales.json`. Above 1: blocks captured "
+           "after the normaliser was fixed (step 1) with a larger g-SNR.", "",
            "| width | normaliser | blocks | min | median | max | above 1 |",
            "|---|---|---|---|---|---|---|"]
   for w, m in measured.items():

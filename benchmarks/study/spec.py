@@ -44,7 +44,7 @@ class Spec:
     overrides: config fields; ``None``: the model's.
     stages: ``(budget, width)`` pairs to run; ``None``: all, cheapest first.
     results: the results folder under ``benchmarks/results``; ``""``: ``study/NAME``.
-    report_scales: the report lists sgd_sai's per-block scales at the first step.
+    report_scales: the report lists sgd_sai's per-block scales after its first two steps.
     note: a paragraph for the report (default: the model's note on its data).
   """
 

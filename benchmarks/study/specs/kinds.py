@@ -4,7 +4,7 @@ Each optimizer's best learning rate (half-decade grid around its example default
 while the best sits on an edge) at 300 steps, one seed, the weight decay at each optimizer's
 example default: both SGD-SaI conventions, AdamW and SGD-momentum, on the tiny GPT-2
 (``stdlib``, width 64), the tiny ViT and the small CNN (digits with shifts). The report lists each
-model's per-block g-SNR scales at the first step.
+model's per-block g-SNR scales after the first two steps.
 """
 
 from benchmarks.study.spec import Spec
