@@ -29,7 +29,10 @@ from typing import Any
 
 import jax
 
-from benchmarks import _common as C
+from benchmarks import _report as report
+from benchmarks import _tables as tables
+from benchmarks import _timing as timing
+from benchmarks import _trees as trees
 
 DEFAULT_MODELS = ("gpt2", "vit-s16")
 DEFAULT_OPTIMIZERS = ("sgd_sai", "sgd_sai_bf16", "adamw", "sgdm", "sgdm_bf16")
@@ -76,11 +79,11 @@ def lower_and_compile(name: str, abstract: Any) -> tuple[float, float, float, in
     (lowering wall s, compile wall s, CPU s of both, scratch bytes or -1).
   """
   jax.clear_caches()
-  tx = C.make_optimizer(name)
-  step = C.make_step(tx)
+  tx = tables.make_optimizer(name)
+  step = timing.make_step(tx)
   c0 = time.process_time()
   t0 = time.perf_counter()
-  state = C.abstract_state(tx, abstract)
+  state = trees.abstract_state(tx, abstract)
   lowered = step.lower(abstract, state, abstract)
   t1 = time.perf_counter()
   compiled = lowered.compile()
@@ -94,8 +97,8 @@ def lower_and_compile(name: str, abstract: Any) -> tuple[float, float, float, in
 def run_model(model: str, optimizers: Sequence[str], rounds: int,
               log: Callable[[str], None] = print) -> list[CompileRow]:
   """Interleaved rounds of lowering + compiling every optimizer's step on one model."""
-  abstract = C.abstract_params(model)
-  param_bytes = C.tree_nbytes(abstract)
+  abstract = tables.abstract_params(model)
+  param_bytes = trees.tree_nbytes(abstract)
   samples: dict[str, list[tuple[float, float, float, int]]] = {o: [] for o in optimizers}
   for rnd in range(rounds):
     k = rnd % len(optimizers)
@@ -127,20 +130,21 @@ def markdown(rows: Sequence[CompileRow], machine: str, rounds: int) -> str:
          "Scratch is the compiled "
          "step's temporary buffers (`memory_analysis().temp_size_in_bytes`), parameters and "
          "state donated.", ""]
-  out.append(C.markdown_table(
+  out.append(report.markdown_table(
       ["model", "optimizer", "lower s", "compile s", "total s", "/ adamw", "CPU s",
        "CPU / adamw", "scratch", "scratch / params"],
-      [[C.MODEL_LABELS.get(r.model, r.model), C.OPTIMIZER_LABELS.get(r.optimizer, r.optimizer),
+      [[tables.MODEL_LABELS.get(r.model, r.model),
+        tables.OPTIMIZER_LABELS.get(r.optimizer, r.optimizer),
         f"{statistics.median(r.lower_s):.2f}", f"{statistics.median(r.compile_s):.2f}",
         f"{r.total_s:.2f}", f"{r.ratio:.2f}", f"{statistics.median(r.cpu_s):.2f}",
-        f"{r.cpu_ratio:.2f}", C.fmt_bytes(r.temp_bytes) if r.temp_bytes >= 0 else "-",
+        f"{r.cpu_ratio:.2f}", report.fmt_bytes(r.temp_bytes) if r.temp_bytes >= 0 else "-",
         f"{r.scratch_fraction:.4f}" if r.temp_bytes >= 0 else "-"] for r in rows]))
   out += ["", "### Goals", ""]
   for r in rows:
     if not r.optimizer.startswith("sgd_sai"):
       continue
-    label = (f"{C.MODEL_LABELS.get(r.model, r.model)}, "
-             f"{C.OPTIMIZER_LABELS.get(r.optimizer, r.optimizer)}")
+    label = (f"{tables.MODEL_LABELS.get(r.model, r.model)}, "
+             f"{tables.OPTIMIZER_LABELS.get(r.optimizer, r.optimizer)}")
     met_c = "met" if max(r.ratio, r.cpu_ratio) <= COMPILE_RATIO_GOAL else "NOT met"
     met_s = "met" if 0 <= r.scratch_fraction <= SCRATCH_FRACTION_GOAL else "NOT met"
     out.append(f"- {label}: compile / adamw = {r.ratio:.2f} wall, {r.cpu_ratio:.2f} CPU "
@@ -150,7 +154,7 @@ def markdown(rows: Sequence[CompileRow], machine: str, rounds: int) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  p = C.benchmark_parser(__doc__, DEFAULT_MODELS, DEFAULT_OPTIMIZERS, rounds=3,
+  p = report.benchmark_parser(__doc__, DEFAULT_MODELS, DEFAULT_OPTIMIZERS, rounds=3,
                          optimizers_note="; include adamw for the ratios")
   return p.parse_args(argv)
 
@@ -162,9 +166,9 @@ def main(argv: Sequence[str] | None = None) -> list[CompileRow]:
   optimizers = [o for o in args.optimizers.split(",") if o]
   rows = [r for m in args.models.split(",") if m
           for r in run_model(m, optimizers, args.rounds, log=log)]
-  machine = C.machine_description()
+  machine = report.machine_description()
   text = markdown(rows, machine, args.rounds)
-  C.ensure_dir(args.out)
+  report.ensure_dir(args.out)
   with open(os.path.join(args.out, "compile_time.md"), "w") as f:
     f.write(text)
   with open(os.path.join(args.out, "compile_time.json"), "w") as f:

@@ -31,7 +31,10 @@ from typing import Any
 
 import jax
 
-from benchmarks import _common as C
+from benchmarks import _report as report
+from benchmarks import _tables as tables
+from benchmarks import _timing as timing
+from benchmarks import _trees as trees
 
 DEFAULT_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "vit-s16", "vit-b16",
                   "llama2-7b")
@@ -83,32 +86,32 @@ def sai_block_scalar_bytes(n_blocks: int) -> int:
 
 
 def state_rows(models: Sequence[str], optimizers: Sequence[str],
-               trees: dict[str, Any]) -> list[StateRow]:
+               param_trees: dict[str, Any]) -> list[StateRow]:
   """State and step bytes of every optimizer on every model, from shapes only."""
   rows = []
   for model in models:
-    params = trees[model]
+    params = param_trees[model]
     for name in optimizers:
-      tx = C.make_optimizer(name)
+      tx = tables.make_optimizer(name)
       rows.append(StateRow(
-          model=model, optimizer=name, params=C.tree_size(params),
-          param_bytes=C.tree_nbytes(params), leaves=len(jax.tree.leaves(params)),
-          state_bytes=C.tree_nbytes(C.abstract_state(tx, params)),
-          step_bytes=C.step_bytes(tx, params).total))
+          model=model, optimizer=name, params=trees.tree_size(params),
+          param_bytes=trees.tree_nbytes(params), leaves=len(jax.tree.leaves(params)),
+          state_bytes=trees.tree_nbytes(trees.abstract_state(tx, params)),
+          step_bytes=trees.step_bytes(tx, params).total))
   return rows
 
 
-def compiled_rows(models: Sequence[str], optimizers: Sequence[str], trees: dict[str, Any],
+def compiled_rows(models: Sequence[str], optimizers: Sequence[str], param_trees: dict[str, Any],
                   log: Callable[[str], None]) -> list[CompiledRow]:
   """``compiled.memory_analysis()`` of each optimizer's donated step (no buffers made)."""
   rows = []
   for model in models:
-    params = trees[model]
+    params = param_trees[model]
     for name in optimizers:
-      tx = C.make_optimizer(name)
-      state = C.abstract_state(tx, params)
+      tx = tables.make_optimizer(name)
+      state = trees.abstract_state(tx, params)
       t0 = time.perf_counter()
-      compiled = C.make_step(tx).lower(params, state, params).compile()
+      compiled = timing.make_step(tx).lower(params, state, params).compile()
       seconds = time.perf_counter() - t0
       analysis = compiled.memory_analysis()
       if analysis is None:
@@ -133,12 +136,12 @@ def bandwidth_from_step_time(out_dir: str) -> dict[str, Any] | None:
 
 def measure_limit_gbps(params: Any, rounds: int = 5) -> float:
   """Times the elementwise probe on ``params``'s shapes; returns GB/s (median)."""
-  grads = C.materialise(params, seed=100)
-  probe = C.elementwise_runner(params, grads)
-  C.interleave([probe], rounds=rounds, steps=1)
+  grads = trees.materialise(params, seed=100)
+  probe = timing.elementwise_runner(params, grads)
+  timing.interleave([probe], rounds=rounds, steps=1)
   seconds = statistics.median(probe.samples)
   probe.release()
-  return C.elementwise_bytes(params) / seconds / 1e9
+  return trees.elementwise_bytes(params) / seconds / 1e9
 
 
 def growth(rows: Sequence[StateRow], limit_gbps: float, fractions: dict[str, float],
@@ -151,9 +154,10 @@ def growth(rows: Sequence[StateRow], limit_gbps: float, fractions: dict[str, flo
       continue
     sai, adam = by[(model, "sgd_sai")], by[(model, "adamw")]
     bf16 = by.get((model, "sgd_sai_bf16"))
-    cells = [C.MODEL_LABELS.get(model, model), f"{sai.params / 1e6:.0f}M",
-             C.fmt_bytes(sai.param_bytes), C.fmt_bytes(sai.state_bytes),
-             C.fmt_bytes(bf16.state_bytes) if bf16 else "-", C.fmt_bytes(adam.state_bytes),
+    cells = [tables.MODEL_LABELS.get(model, model), f"{sai.params / 1e6:.0f}M",
+             report.fmt_bytes(sai.param_bytes), report.fmt_bytes(sai.state_bytes),
+             report.fmt_bytes(bf16.state_bytes) if bf16 else "-",
+             report.fmt_bytes(adam.state_bytes),
              f"{(adam.state_bytes - sai.state_bytes) / 1e9:.2f} GB"]
     for r in (sai, adam):
       key = (model, r.optimizer)
@@ -177,17 +181,17 @@ def markdown(rows: Sequence[StateRow], comp: Sequence[CompiledRow],
          "parameters); each cell is the state's size and, in brackets, its fraction of "
          "`optax.adamw`'s.", ""]
   header = ["optimizer"] + [
-      f"{C.MODEL_LABELS.get(m, m)} ({by[(m, optimizers[0])].params / 1e6:.0f}M)"
+      f"{tables.MODEL_LABELS.get(m, m)} ({by[(m, optimizers[0])].params / 1e6:.0f}M)"
       for m in models]
   table = []
   for name in optimizers:
-    cells = [C.OPTIMIZER_LABELS.get(name, name)]
+    cells = [tables.OPTIMIZER_LABELS.get(name, name)]
     for m in models:
       r, ref = by[(m, name)], by.get((m, "adamw"))
       frac = f" ({r.state_bytes / ref.state_bytes:.3f})" if ref else ""
-      cells.append(C.fmt_bytes(r.state_bytes) + frac)
+      cells.append(report.fmt_bytes(r.state_bytes) + frac)
     table.append(cells)
-  out.append(C.markdown_table(header, table))
+  out.append(report.markdown_table(header, table))
   out += ["", "sgd_sai's state is the momentum plus one float32 g-SNR per "
           "block (a leaf here), a normaliser and a step counter; exact fractions:", ""]
   exact = []
@@ -196,7 +200,7 @@ def markdown(rows: Sequence[StateRow], comp: Sequence[CompiledRow],
       continue
     sai, adam = by[(m, "sgd_sai")], by[(m, "adamw")]
     scalars = sai_block_scalar_bytes(sai.leaves)
-    line = (f"- {C.MODEL_LABELS.get(m, m)}: sgd_sai / adamw = "
+    line = (f"- {tables.MODEL_LABELS.get(m, m)}: sgd_sai / adamw = "
             f"{sai.state_bytes / adam.state_bytes:.6f} (momentum alone "
             f"{(sai.state_bytes - scalars) / adam.state_bytes:.6f}; per-block scalars "
             f"{scalars} bytes for {sai.leaves} blocks)")
@@ -208,7 +212,7 @@ def markdown(rows: Sequence[StateRow], comp: Sequence[CompiledRow],
     if (m, "sgd_sai") in by and (m, "adamw") in by:
       saved = by[(m, "adamw")].state_bytes - by[(m, "sgd_sai")].state_bytes
       billions = by[(m, "sgd_sai")].params / 1e9
-      out += ["", f"Paper anchor, {C.MODEL_LABELS.get(m, m)} ({billions:.2f}B "
+      out += ["", f"Paper anchor, {tables.MODEL_LABELS.get(m, m)} ({billions:.2f}B "
               f"parameters): state saved against AdamW in float32 = {saved / 1e9:.2f} GB = "
               f"{saved / 2**30:.2f} GiB (the paper reports {paper} GB, which matches the GiB "
               f"figure to {abs(saved / 2**30 - paper) / paper:.1%})."]
@@ -216,19 +220,20 @@ def markdown(rows: Sequence[StateRow], comp: Sequence[CompiledRow],
     out += ["", "### Compiled step (`compiled.memory_analysis()`, parameters and state "
             "donated)", "",
             "Scratch is the step's temporary buffers beyond its arguments and outputs.", ""]
-    out.append(C.markdown_table(
+    out.append(report.markdown_table(
         ["model", "optimizer", "arguments", "outputs", "aliased", "scratch",
          "scratch / params", "compile s"],
-        [[C.MODEL_LABELS.get(c.model, c.model), C.OPTIMIZER_LABELS.get(c.optimizer, c.optimizer),
-          C.fmt_bytes(c.argument), C.fmt_bytes(c.output), C.fmt_bytes(c.alias),
-          C.fmt_bytes(c.temp), f"{c.temp / by[(c.model, c.optimizer)].param_bytes:.3f}",
+        [[tables.MODEL_LABELS.get(c.model, c.model),
+          tables.OPTIMIZER_LABELS.get(c.optimizer, c.optimizer),
+          report.fmt_bytes(c.argument), report.fmt_bytes(c.output), report.fmt_bytes(c.alias),
+          report.fmt_bytes(c.temp), f"{c.temp / by[(c.model, c.optimizer)].param_bytes:.3f}",
           f"{c.compile_s:.1f}"] for c in comp]))
   if growth_rows:
     out += ["", "### Growth from GPT-2 124M to 1.5B", "",
             f"Step times in ms: bytes the step must move / ({limit_note}); 'measured' where "
             "`benchmarks.step_time` ran that size. Saved = AdamW's state - sgd_sai's "
             "(float32).", ""]
-    out.append(C.markdown_table(
+    out.append(report.markdown_table(
         ["model", "params", "param bytes", "sgd_sai state", "sgd_sai bf16 state",
          "adamw state", "saved", "sgd_sai step ms", "adamw step ms"], growth_rows))
   out += ["", f"Machine: {machine}."]
@@ -251,18 +256,18 @@ def plot(rows: Sequence[StateRow], path: str) -> None:
            if (first, "adamw") in by else float("nan") for o in optimizers]
   ax1.bar(range(len(optimizers)), fracs, color="tab:blue")
   ax1.set_xticks(range(len(optimizers)),
-                 [C.OPTIMIZER_LABELS.get(o, o) for o in optimizers], rotation=30, ha="right",
+                 [tables.OPTIMIZER_LABELS.get(o, o) for o in optimizers], rotation=30, ha="right",
                  fontsize=8)
   for i, f in enumerate(fracs):
     ax1.text(i, f, f"{f:.3f}", ha="center", va="bottom", fontsize=7)
   ax1.set_ylabel("state / adamw state")
-  ax1.set_title(f"Optimizer state, {C.MODEL_LABELS.get(first, first)}")
+  ax1.set_title(f"Optimizer state, {tables.MODEL_LABELS.get(first, first)}")
   sizes = [m for m in GROWTH_MODELS if m in models]
   if sizes:
     for o in optimizers:
       xs = [by[(m, o)].params / 1e6 for m in sizes]
       ys = [by[(m, o)].state_bytes / 2**30 for m in sizes]
-      ax2.plot(xs, ys, marker="o", label=C.OPTIMIZER_LABELS.get(o, o))
+      ax2.plot(xs, ys, marker="o", label=tables.OPTIMIZER_LABELS.get(o, o))
     ax2.set_xscale("log")
     ax2.set_yscale("log")
     ax2.set_xlabel("parameters (M), GPT-2 124M to 1.5B")
@@ -281,7 +286,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                 help=f"comma-separated, from {sorted(C.MODELS)} (shapes only: any size)")
+                 help=f"comma-separated, from {sorted(tables.SIZES)} (shapes only: any size)")
   p.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS))
   p.add_argument("--compile-models", default="gpt2",
                  help="models whose compiled step's memory analysis is reported ('' for none)")
@@ -298,10 +303,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   models = [m for m in args.models.split(",") if m]
   optimizers = [o for o in args.optimizers.split(",") if o]
   compile_models = [m for m in args.compile_models.split(",") if m]
-  trees = {m: C.abstract_params(m) for m in dict.fromkeys(models + compile_models)}
-  rows = state_rows(models, optimizers, trees)
-  comp = compiled_rows(compile_models, optimizers, trees, log)
-  machine = C.machine_description()
+  param_trees = {m: tables.abstract_params(m) for m in dict.fromkeys(models + compile_models)}
+  rows = state_rows(models, optimizers, param_trees)
+  comp = compiled_rows(compile_models, optimizers, param_trees, log)
+  machine = report.machine_description()
 
   record = bandwidth_from_step_time(args.out)
   fractions: dict[str, float] = {}
@@ -316,9 +321,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if m["model"] == base:
           fractions[r["optimizer"]] = r["bandwidth_fraction"]
     note = (f"{limit:.1f} GB/s elementwise limit x each optimizer's achieved fraction on "
-            f"{C.MODEL_LABELS.get(base, base)}, from step_time.json")
+            f"{tables.MODEL_LABELS.get(base, base)}, from step_time.json")
   elif any(m in models for m in GROWTH_MODELS):
-    tree = trees.get(args.bandwidth_model) or C.abstract_params(args.bandwidth_model)
+    tree = param_trees.get(args.bandwidth_model) or tables.abstract_params(args.bandwidth_model)
     limit = measure_limit_gbps(tree)
     note = f"{limit:.1f} GB/s, the elementwise limit measured here: a lower bound"
   else:
@@ -326,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   growth_rows = growth(rows, limit, fractions, measured) if note else []
 
   text = markdown(rows, comp, growth_rows, machine, note)
-  C.ensure_dir(args.out)
+  report.ensure_dir(args.out)
   with open(os.path.join(args.out, "memory.md"), "w") as f:
     f.write(text)
   result = {"machine": machine, "time": time.strftime("%Y-%m-%d %H:%M:%S"),

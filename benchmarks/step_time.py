@@ -31,10 +31,13 @@ from typing import Any
 
 import jax
 
-from benchmarks import _common as C
+from benchmarks import _report as report
+from benchmarks import _tables as tables
+from benchmarks import _timing as timing
+from benchmarks import _trees as trees
 
 DEFAULT_MODELS = ("gpt2", "vit-s16")
-DEFAULT_OPTIMIZERS = (*C.OPTIMIZERS, "sgdm_wd")
+DEFAULT_OPTIMIZERS = (*tables.BENCHMARK_OPTIMIZERS, "sgdm_wd")
 REFERENCES = ("adamw", "sgdm", "sgdm_wd")
 
 
@@ -63,7 +66,7 @@ class Row:
 
   def ratio_iqr(self, ref: str) -> tuple[float, float]:
     """Quartiles of the per-round ratios to ``ref``."""
-    s = C.Summary.of(self.ratios.get(ref, []))
+    s = timing.Summary.of(self.ratios.get(ref, []))
     return s.q1, s.q3
 
 
@@ -82,10 +85,10 @@ class ModelResult:
 
 def _resident_bytes(abstract: Any, optimizers: Sequence[str]) -> int:
   """Bytes held when every optimizer keeps its parameters and state alive at once."""
-  total = 3 * C.tree_nbytes(abstract)  # gradients, and the probe's two trees
+  total = 3 * trees.tree_nbytes(abstract)  # gradients, and the probe's two trees
   for name in optimizers:
-    total += C.tree_nbytes(abstract) + C.tree_nbytes(
-        C.abstract_state(C.make_optimizer(name), abstract))
+    total += trees.tree_nbytes(abstract) + trees.tree_nbytes(
+        trees.abstract_state(tables.make_optimizer(name), abstract))
   return total
 
 
@@ -95,7 +98,7 @@ def run_model(model: str, optimizers: Sequence[str], rounds: int, steps: int,
   """Benchmarks ``optimizers`` on one model's parameter tree.
 
   Args:
-    model: a key of :data:`benchmarks._common.MODELS` (used to build the tree unless
+    model: a key of :data:`benchmarks._tables.SIZES` (used to build the tree unless
       ``abstract`` is given, and as the label).
     optimizers: registry names.
     rounds: interleaved rounds.
@@ -104,42 +107,42 @@ def run_model(model: str, optimizers: Sequence[str], rounds: int, steps: int,
     low_memory: rebuild each optimizer's buffers per round (one optimizer resident at a
       time); ``None`` decides from the memory available.
     first_repeats: extra fresh starts timed for the first step (the reported first step
-      is the median over all of them; see :func:`benchmarks._common.time_first_steps`).
+      is the median over all of them; see :func:`benchmarks._timing.time_first_steps`).
     log: where progress lines go.
 
   Returns:
     The :class:`ModelResult`.
   """
-  abstract = C.abstract_params(model) if abstract is None else abstract
-  param_bytes = C.tree_nbytes(abstract)
+  abstract = tables.abstract_params(model) if abstract is None else abstract
+  param_bytes = trees.tree_nbytes(abstract)
   if low_memory is None:
-    avail = C.available_memory_bytes()
+    avail = timing.available_memory_bytes()
     low_memory = avail is not None and _resident_bytes(abstract, optimizers) > 0.6 * avail
-  log(f"{model}: {C.tree_size(abstract) / 1e6:.1f}M parameters, "
-      f"{len(jax.tree.leaves(abstract))} leaves, {C.fmt_bytes(param_bytes)}"
+  log(f"{model}: {trees.tree_size(abstract) / 1e6:.1f}M parameters, "
+      f"{len(jax.tree.leaves(abstract))} leaves, {report.fmt_bytes(param_bytes)}"
       + (" (low-memory mode)" if low_memory else ""))
-  grads = C.materialise(abstract, seed=100)
-  probe = C.elementwise_runner(abstract, grads)
+  grads = trees.materialise(abstract, seed=100)
+  probe = timing.elementwise_runner(abstract, grads)
   runners = [probe]
   for name in optimizers:
-    r = C.optimizer_runner(name, abstract, grads, seed=1)
+    r = timing.optimizer_runner(name, abstract, grads, seed=1)
     log(f"  compiled {name} in {r.compile_s:.2f} s")
     runners.append(r)
   if not low_memory:
     for r in runners:
       r.ensure()
-  C.interleave(runners, rounds=rounds, steps=steps, low_memory=low_memory, log=log)
-  C.time_first_steps(runners[1:], repeats=first_repeats)
+  timing.interleave(runners, rounds=rounds, steps=steps, low_memory=low_memory, log=log)
+  timing.time_first_steps(runners[1:], repeats=first_repeats)
 
   limit_s = statistics.median(probe.samples)
-  limit_gbps = C.elementwise_bytes(abstract) / limit_s / 1e9
+  limit_gbps = trees.elementwise_bytes(abstract) / limit_s / 1e9
   by_name = {r.name: r for r in runners}
   rows = []
   for r in runners[1:]:
-    summary = C.Summary.of(r.samples)
-    nbytes = C.step_bytes(C.make_optimizer(r.name), abstract).total
+    summary = timing.Summary.of(r.samples)
+    nbytes = trees.step_bytes(tables.make_optimizer(r.name), abstract).total
     gbps = nbytes / summary.median / 1e9
-    ratios = {ref: C.round_ratios(r, by_name[ref]) for ref in REFERENCES if ref in by_name}
+    ratios = {ref: timing.round_ratios(r, by_name[ref]) for ref in REFERENCES if ref in by_name}
     rows.append(Row(
         model=model, optimizer=r.name, median_s=summary.median, q1_s=summary.q1,
         q3_s=summary.q3, samples=summary.n, ratios=ratios, bytes_per_step=nbytes,
@@ -150,7 +153,7 @@ def run_model(model: str, optimizers: Sequence[str], rounds: int, steps: int,
     r.release()
   del runners, probe, grads
   gc.collect()
-  return ModelResult(model=model, params=C.tree_size(abstract), param_bytes=param_bytes,
+  return ModelResult(model=model, params=trees.tree_size(abstract), param_bytes=param_bytes,
                      leaves=len(jax.tree.leaves(abstract)), limit_gbps=limit_gbps,
                      limit_median_s=limit_s, rows=rows)
 
@@ -175,23 +178,25 @@ def markdown(results: Sequence[ModelResult], machine: str, rounds: int, steps: i
       "elementwise `p + a*g` pass over the same tree timed in the same rounds.",
   ]
   for res in results:
-    out += ["", f"### {C.MODEL_LABELS.get(res.model, res.model)} "
+    out += ["", f"### {tables.MODEL_LABELS.get(res.model, res.model)} "
             f"({res.params / 1e6:.1f}M parameters, {res.leaves} leaves, "
-            f"{C.fmt_bytes(res.param_bytes)}; elementwise limit {res.limit_gbps:.1f} GB/s)", ""]
-    out.append(C.markdown_table(
+            f"{report.fmt_bytes(res.param_bytes)}; elementwise limit "
+            f"{res.limit_gbps:.1f} GB/s)", ""]
+    out.append(report.markdown_table(
         ["optimizer", "step ms", "/ adamw", "/ sgdm", "bytes/step (trees)", "GB/s",
          "of limit"],
-        [[C.OPTIMIZER_LABELS.get(r.optimizer, r.optimizer),
+        [[tables.OPTIMIZER_LABELS.get(r.optimizer, r.optimizer),
           f"{1e3 * r.median_s:.1f} [{1e3 * r.q1_s:.1f}, {1e3 * r.q3_s:.1f}]",
           _fmt_ratio(r, "adamw"), _fmt_ratio(r, "sgdm"),
-          f"{C.fmt_bytes(r.bytes_per_step)} ({r.tree_sizes:.2f})",
+          f"{report.fmt_bytes(r.bytes_per_step)} ({r.tree_sizes:.2f})",
           f"{r.achieved_gbps:.1f}", f"{r.bandwidth_fraction:.2f}"] for r in res.rows]))
   out += ["", "### One-time costs (compile, and the first step from a fresh state, median "
           "over fresh starts of the warm executable; for sgd_sai the first step is the g-SNR "
           "capture)", ""]
-  out.append(C.markdown_table(
+  out.append(report.markdown_table(
       ["model", "optimizer", "compile s", "first step ms", "first / steady"],
-      [[C.MODEL_LABELS.get(r.model, r.model), C.OPTIMIZER_LABELS.get(r.optimizer, r.optimizer),
+      [[tables.MODEL_LABELS.get(r.model, r.model),
+        tables.OPTIMIZER_LABELS.get(r.optimizer, r.optimizer),
         f"{r.compile_s:.2f}", f"{1e3 * r.first_step_s:.1f}",
         f"{r.first_step_s / r.median_s:.2f}"] for res in results for r in res.rows]))
   out += ["", targets(results)]
@@ -206,7 +211,7 @@ def targets(results: Sequence[ModelResult]) -> str:
     if "sgd_sai" not in rows:
       continue
     sai = rows["sgd_sai"]
-    label = C.MODEL_LABELS.get(res.model, res.model)
+    label = tables.MODEL_LABELS.get(res.model, res.model)
     checks = []
     if "sgdm" in rows:
       v = sai.ratio("sgdm")
@@ -234,9 +239,9 @@ def plots(results: Sequence[ModelResult], out_dir: str) -> list[str]:
   frac = {res.model: {r.optimizer: r.bandwidth_fraction for r in res.rows} for res in results}
   p1 = os.path.join(out_dir, "step_time.png")
   p2 = os.path.join(out_dir, "bandwidth.png")
-  C.bar_plot(p1, ratio, ratio_err, "step time / adamw (per-round median, IQR)",
+  report.bar_plot(p1, ratio, ratio_err, "step time / adamw (per-round median, IQR)",
              "Optimizer step time relative to optax.adamw", hline=1.0)
-  C.bar_plot(p2, frac, None, "achieved / elementwise bandwidth",
+  report.bar_plot(p2, frac, None, "achieved / elementwise bandwidth",
              "Achieved memory bandwidth (fraction of p + a*g pass)", hline=0.7)
   return [p1, p2]
 
@@ -257,7 +262,7 @@ def from_json(record: dict[str, Any]) -> list[ModelResult]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  p = C.benchmark_parser(__doc__, DEFAULT_MODELS, DEFAULT_OPTIMIZERS, rounds=7)
+  p = report.benchmark_parser(__doc__, DEFAULT_MODELS, DEFAULT_OPTIMIZERS, rounds=7)
   p.add_argument("--steps", type=int, default=1, help="timed steps per optimizer per round")
   p.add_argument("--first-repeats", type=int, default=3,
                  help="extra fresh starts timed for the first (capture) step")
@@ -282,11 +287,11 @@ def main(argv: Sequence[str] | None = None) -> list[ModelResult]:
     args.rounds = max(len(r.ratios.get("adamw", [])) for res in results for r in res.rows)
     args.steps = max(r.samples for res in results for r in res.rows) // max(args.rounds, 1)
   else:
-    machine = C.machine_description()
+    machine = report.machine_description()
     results = [run_model(m, optimizers, args.rounds, args.steps, low_memory=low_memory,
                          first_repeats=args.first_repeats, log=log) for m in models]
   text = markdown(results, machine, args.rounds, args.steps)
-  C.ensure_dir(args.out)
+  report.ensure_dir(args.out)
   with open(os.path.join(args.out, "step_time.md"), "w") as f:
     f.write(text)
   if not args.from_json:  # re-rendering keeps the record as it was

@@ -28,7 +28,9 @@ from typing import Any
 
 from flax.core import FrozenDict
 
-OPTIMIZERS = ("sgd_sai", "adamw", "sgdm", "adam", "lion", "adafactor")
+from examples.common import optim
+
+OPTIMIZERS = tuple(optim.OPTIMIZERS)  # every optimizer the examples and the studies accept
 
 class ConfigError(ValueError):
   """A config field is unknown, or its value does not fit the field's type or range.

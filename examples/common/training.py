@@ -284,15 +284,7 @@ def fit(
   schedule = optim.warmup_cosine(
       cfg.learning_rate, cfg.warmup_steps, cfg.decay_steps or cfg.steps, cfg.min_lr_ratio
   )
-  tx = optim.make_optimizer(
-      cfg.optimizer, schedule, cfg.weight_decay, momentum=cfg.momentum, b2=cfg.b2,
-      clip_norm=None, block_axes=task.block_axes, sai_normalize=cfg.sai_normalize,
-      **({} if task.decay_mask is None else {"mask": task.decay_mask}),
-  )
-  if task.wrap_optimizer is not None:
-    tx = task.wrap_optimizer(tx)
-  if cfg.clip_norm is not None and cfg.clip_norm > 0:  # as make_optimizer(clip_norm=...)
-    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
+  tx = optim.task_optimizer(task, schedule)
   abs_opt = jax.eval_shape(tx.init, abs_params)
   # Momentum-like state follows its parameter; per-block scalars (g-SNR values, flags,
   # counts) are replicated, also the per-layer vectors of scanned layers.

@@ -277,8 +277,9 @@ def state_bytes(task: training.Task, optimizer: str | None = None) -> dict[str, 
   abstract = nnx.eval_shape(lambda: task.make_model(nnx.Rngs(0)))
   trainable = nnx.state(abstract, task.trainable)
   everything = nnx.state(abstract, nnx.Param)
-  tx = optim.make_optimizer(cfg.optimizer, 1e-3, cfg.weight_decay or 0.0,
-                            mask=task.decay_mask or optim.decay_mask)
+  # The optimizer as fit assembles it, without the example's capture-step instrumentation.
+  tx = optim.task_optimizer(dataclasses.replace(task, config=cfg, wrap_optimizer=None), 1e-3,
+                            cfg.weight_decay or 0.0)
   return {"params_bytes": training.tree_nbytes(everything),
           "trainable_bytes": training.tree_nbytes(trainable),
           "opt_state_bytes": training.tree_nbytes(jax.eval_shape(tx.init, trainable))}

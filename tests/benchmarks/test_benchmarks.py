@@ -11,10 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import _common as C
+from benchmarks import _tables as tables
+from benchmarks import _timing as timing
+from benchmarks import _trees as trees
 from benchmarks import compile_time, memory, step_time
 
-TINY = C.synthetic_params(widths=(16, 48, 16), depth=1)
+TINY = trees.synthetic_params(widths=(16, 48, 16), depth=1)
 
 
 def _nbytes(tree) -> int:
@@ -26,12 +28,12 @@ def _examples_available() -> bool:
           and importlib.util.find_spec("flax") is not None)
 
 
-@pytest.mark.parametrize("name", [*C.OPTIMIZERS, *C.VARIANTS])
+@pytest.mark.parametrize("name", [*tables.BENCHMARK_OPTIMIZERS, *tables.VARIANTS])
 def test_step_bytes_match_nbytes_of_the_trees(name):
-  params = C.materialise(TINY)
-  tx = C.make_optimizer(name)
+  params = trees.materialise(TINY)
+  tx = tables.make_optimizer(name)
   state = tx.init(params)
-  counted = C.step_bytes(tx, TINY)
+  counted = trees.step_bytes(tx, TINY)
   assert counted.grads == counted.params == _nbytes(params)
   assert counted.state == _nbytes(state)
   assert counted.state_written <= counted.state
@@ -39,17 +41,17 @@ def test_step_bytes_match_nbytes_of_the_trees(name):
       counted.state_written)
 
 
-@pytest.mark.parametrize("name,trees", [("sgd_sai", 5), ("sgdm", 5), ("adamw", 7),
+@pytest.mark.parametrize("name,sizes", [("sgd_sai", 5), ("sgdm", 5), ("adamw", 7),
                                         ("lion", 5), ("sgd_sai_bf16", 4)])
-def test_bytes_per_step_in_tree_sizes(name, trees):
-  counted = C.step_bytes(C.make_optimizer(name), TINY)
-  assert counted.total / counted.params == pytest.approx(trees, abs=0.02)
+def test_bytes_per_step_in_tree_sizes(name, sizes):
+  counted = trees.step_bytes(tables.make_optimizer(name), TINY)
+  assert counted.total / counted.params == pytest.approx(sizes, abs=0.02)
 
 
 def test_sgd_sai_writes_all_of_its_state_and_prodigy_not_its_anchor():
-  sai = C.step_bytes(C.make_optimizer("sgd_sai"), TINY)
+  sai = trees.step_bytes(tables.make_optimizer("sgd_sai"), TINY)
   assert sai.total == sai.grads + 2 * sai.params + 2 * sai.state
-  prodigy = C.step_bytes(C.make_optimizer("prodigy"), TINY)
+  prodigy = trees.step_bytes(tables.make_optimizer("prodigy"), TINY)
   assert prodigy.state - prodigy.state_written == prodigy.params  # params0 is only read
 
 
@@ -69,18 +71,18 @@ def test_state_fractions_are_as_derived():
 
 
 def test_materialise_matches_shapes_and_is_cheap_noise():
-  tree = C.materialise(TINY, seed=3)
+  tree = trees.materialise(TINY, seed=3)
   for a, x in zip(jax.tree.leaves(TINY), jax.tree.leaves(tree), strict=True):
     assert x.shape == a.shape and x.dtype == a.dtype
     assert bool(jnp.all(jnp.abs(x) <= 0.02)) and float(jnp.std(x)) > 0.005
-  other = C.materialise(TINY, seed=4)
+  other = trees.materialise(TINY, seed=4)
   assert not np.array_equal(jax.tree.leaves(tree)[0], jax.tree.leaves(other)[0])
 
 
 def test_summary_median_and_quartiles():
-  s = C.Summary.of([1.0, 2.0, 3.0, 4.0, 5.0])
+  s = timing.Summary.of([1.0, 2.0, 3.0, 4.0, 5.0])
   assert (s.median, s.q1, s.q3, s.n) == (3.0, 2.0, 4.0, 5)
-  assert C.Summary.of([2.0]).iqr == 0.0
+  assert timing.Summary.of([2.0]).iqr == 0.0
 
 
 def test_step_time_cli_reports_every_optimizer(tmp_path):
@@ -88,10 +90,10 @@ def test_step_time_cli_reports_every_optimizer(tmp_path):
                             "--out", str(tmp_path)])
   (res,) = results
   assert [r.optimizer for r in res.rows] == list(step_time.DEFAULT_OPTIMIZERS)
-  assert set(C.OPTIMIZERS) <= set(step_time.DEFAULT_OPTIMIZERS)
+  assert set(tables.BENCHMARK_OPTIMIZERS) <= set(step_time.DEFAULT_OPTIMIZERS)
   text = (tmp_path / "step_time.md").read_text()
   for name in step_time.DEFAULT_OPTIMIZERS:
-    assert f"| {C.OPTIMIZER_LABELS[name]} |" in text
+    assert f"| {tables.OPTIMIZER_LABELS[name]} |" in text
   for r in res.rows:
     assert r.median_s > 0 and r.samples == 2 and r.compile_s > 0 and r.first_step_s > 0
     assert len(r.ratios["adamw"]) == len(r.ratios["sgdm"]) == 2
@@ -112,7 +114,7 @@ def test_memory_cli_reports_every_optimizer(tmp_path):
                         "--out", str(tmp_path)])
   text = (tmp_path / "memory.md").read_text()
   for name in memory.DEFAULT_OPTIMIZERS:
-    assert f"| {C.OPTIMIZER_LABELS[name]} |" in text
+    assert f"| {tables.OPTIMIZER_LABELS[name]} |" in text
   assert {c["optimizer"] for c in result["compiled"]} == set(memory.DEFAULT_OPTIMIZERS)
   assert os.path.getsize(tmp_path / "memory.png") > 1000
 
@@ -123,8 +125,8 @@ def test_compile_time_cli_reports_ratios_and_scratch(tmp_path):
   by = {r.optimizer: r for r in rows}
   assert by["adamw"].ratio == 1.0 and by["adamw"].cpu_ratio == 1.0
   assert len(by["sgd_sai"].lower_s) == 2 and by["sgd_sai"].total_s > 0
-  synthetic = C.abstract_params("synthetic")
-  assert by["sgd_sai"].temp_bytes >= 0 and by["sgd_sai"].param_bytes == C.tree_nbytes(synthetic)
+  synthetic = tables.abstract_params("synthetic")
+  assert by["sgd_sai"].temp_bytes >= 0 and by["sgd_sai"].param_bytes == trees.tree_nbytes(synthetic)
   text = (tmp_path / "compile_time.md").read_text()
   assert "| synthetic MLP | sgd_sai (f32) |" in text and "### Goals" in text
 
@@ -132,8 +134,8 @@ def test_compile_time_cli_reports_ratios_and_scratch(tmp_path):
 def test_llama2_7b_anchor_from_shapes():
   """The published Llama-2-7B architecture has 6,738,415,616 parameters; sgd_sai's float32
   state saves one parameter-sized tree against AdamW's two: 26.95 GB = 25.10 GiB."""
-  tree = C.abstract_params("llama2-7b")
-  assert C.tree_size(tree) == 6_738_415_616
+  tree = tables.abstract_params("llama2-7b")
+  assert trees.tree_size(tree) == 6_738_415_616
   rows = memory.state_rows(["llama2-7b"], ["sgd_sai", "adamw"], {"llama2-7b": tree})
   by = {r.optimizer: r.state_bytes for r in rows}
   leaves = len(jax.tree.leaves(tree))
@@ -141,16 +143,16 @@ def test_llama2_7b_anchor_from_shapes():
 
 
 def test_low_memory_mode_releases_buffers():
-  grads = C.materialise(TINY, seed=9)
-  runner = C.optimizer_runner("sgd_sai", TINY, grads)
-  C.interleave([runner], rounds=2, steps=2, low_memory=True)
+  grads = trees.materialise(TINY, seed=9)
+  runner = timing.optimizer_runner("sgd_sai", TINY, grads)
+  timing.interleave([runner], rounds=2, steps=2, low_memory=True)
   assert runner.carry is None and len(runner.samples) == 4 and runner.first_s > 0
 
 
 @pytest.mark.skipif(not _examples_available(), reason="examples' model code not present")
 @pytest.mark.parametrize("model", ["gpt2-tiny", "vit-tiny"])
 def test_example_model_trees_build_from_shapes(model):
-  tree = C.abstract_params(model)
+  tree = tables.abstract_params(model)
   leaves = jax.tree.leaves(tree)
   assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
-  assert C.tree_nbytes(tree) == 4 * C.tree_size(tree)
+  assert trees.tree_nbytes(tree) == 4 * trees.tree_size(tree)

@@ -55,6 +55,10 @@ def test_decay_mask_exempts_biases_norms_embeddings():
 def test_every_optimizer_updates_and_decay_skips_exempt_leaves(name):
   params = nnx.state(_Tiny(nnx.Rngs(0)), nnx.Param)
   zeros = jax.tree.map(jnp.zeros_like, params)
+  if name == "prodigy":  # optax's prodigy cannot spare leaves from its weight decay
+    with pytest.raises(ValueError, match="every leaf"):
+      optim.make_optimizer(name, 0.1, weight_decay=0.5)
+    return
   tx = optim.make_optimizer(name, 0.1, weight_decay=0.5, clip_norm=1.0, params=params)
   state = tx.init(params)
   # A zero gradient: any change comes from weight decay, which must spare non-kernels.
@@ -312,3 +316,15 @@ def test_tree_nbytes_counts_shapes_and_dtypes():
   tree = {"a": jnp.zeros((3, 4), jnp.float32), "b": jax.ShapeDtypeStruct((5,), jnp.bfloat16),
           "c": np.zeros((2,), np.int8)}
   assert training.tree_nbytes(tree) == 3 * 4 * 4 + 5 * 2 + 2
+
+
+def test_the_command_line_accepts_every_optimizer_the_studies_run():
+  from benchmarks.study.specs import SPECS
+  from examples.common import cli
+  from examples.gpt2 import configs
+
+  parser = cli.build_parser("gpt2", configs.CONFIGS, configs.GPTConfig)
+  for key in sorted({k for spec in SPECS.values() for k in spec.optimizers}):
+    assert parser.parse_args(["--optimizer", key]).optimizer == key
+  with pytest.raises(SystemExit):
+    parser.parse_args(["--optimizer", "not_an_optimizer"])

@@ -1,0 +1,8 @@
+"""The studies, each a :class:`benchmarks.study.spec.Spec`: ``python -m benchmarks.study NAME``."""
+
+from __future__ import annotations
+
+from benchmarks.study.spec import Spec
+from benchmarks.study.specs import kinds, lr_wd, scaling
+
+SPECS: dict[str, Spec] = {s.name: s for m in (scaling, lr_wd, kinds) for s in m.SPECS}

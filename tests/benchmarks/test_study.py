@@ -1,0 +1,315 @@
+"""The study engine (benchmarks.study): rules, planner, log, backends and the report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmarks.study import analysis, backends, log, planner, report, runner
+from benchmarks.study.spec import Spec, cell_id
+from benchmarks.study.specs import SPECS
+from examples.common import optim
+
+# A trivial size: a one-layer, width-16 model on the built-in pydoc corpus, a few steps.
+TINY = Spec(
+    "tiny", optimizers=("sgd_sai", "adamw"), budgets=(3, 4), widths=(16,), lr_ks=(0, 1),
+    max_extend=0, seeds_best=(), seeds_best_largest=(), evals=2, dataset="pydoc",
+    overrides=(("eval_batches", 1), ("n_layer", 1), ("block_size", 16), ("batch_size", 4)),
+)
+FIXTURE = Path(__file__).parent / "fixtures" / "study_vit_100"
+
+
+def quiet(_):
+  return None
+
+
+def test_band_width_interpolates_in_log_lr():
+  # Best 1.0 at lr 0.1; 2% limit 1.02: left crossing 2% of the way to lr 0.01 (loss 2.0),
+  # right crossing half-way to lr 1 (loss 1.04): 1.02 - 0.5 = 0.52 decades.
+  points = [(0.01, 2.0), (0.1, 1.0), (1.0, 1.04)]
+  width, is_open = analysis.band_width(points, 0.02)
+  assert width == pytest.approx(0.52) and not is_open
+  # 5%: lr 1 is inside and is the grid's edge: at least 1 + 0.05 decades.
+  width, is_open = analysis.band_width(points, 0.05)
+  assert width == pytest.approx(1.05) and is_open
+  # A diverged neighbour closes the band at that neighbour.
+  width, _ = analysis.band_width([(0.01, math.inf), (0.1, 1.0), (1.0, math.inf)], 0.02)
+  assert width == pytest.approx(2.0)
+  # Absolute: error rates within 2 points of the best 0.05, i.e. up to 0.07. Left: 0.02 of
+  # the 0.25 rise to lr 0.01, 8% of a decade; right: lr 1 (0.06) is inside, at the edge.
+  points = [(0.01, 0.30), (0.1, 0.05), (1.0, 0.06)]
+  width, is_open = analysis.band_width(points, 0.02, absolute=True)
+  assert width == pytest.approx(1.08) and is_open
+
+
+def test_divergence_and_best_rules():
+  # Ten classes: a uniform guess scores log(10) = 2.3026 nats; worse than that diverged.
+  assert not analysis.diverged(2.30, 10) and analysis.diverged(2.31, 10)
+  assert analysis.diverged(None, 10) and analysis.diverged(math.nan, 10)
+  assert analysis.diverged(math.inf, 256) and not analysis.diverged(5.5, 256)  # log 256 = 5.55
+  # Best = lowest final val loss; diverged or missing cells rank last.
+  assert analysis.cell_loss({"val_loss": 1.5, "diverged": False}) == 1.5
+  assert analysis.cell_loss({"val_loss": 1.5, "diverged": True}) == math.inf
+  assert analysis.cell_loss(None) == analysis.cell_loss({"val_loss": None}) == math.inf
+
+
+def test_gap_trend_fits_a_line_in_log_steps():
+  def stage(budget, gap):
+    return {"budget": budget, "width": 16, "gap_adamw": {"mean": gap, "final": True}}
+
+  # 0.3 at 100 steps, 0.2 at 1000: -0.1 per decade, zero at 10**(2 + 3) steps.
+  trend = analysis.gap_trend(TINY, [stage(100, 0.3), stage(1000, 0.2)])["adamw_w16"]
+  assert trend["slope_per_decade"] == pytest.approx(-0.1)
+  assert trend["zero_at_steps"] == pytest.approx(1e5, rel=1e-6)
+  widening = analysis.gap_trend(TINY, [stage(100, 0.2), stage(1000, 0.3)])["adamw_w16"]
+  assert widening["zero_at_steps"] is None
+
+
+def _row(budget, key, k, seed, loss, j=0):
+  return {"id": cell_id(budget, 16, key, k, j, seed), "budget": budget, "width": 16,
+          "optimizer": key, "k": k, "j": j, "seed": seed, "val_loss": loss,
+          "diverged": loss is None}
+
+
+def test_planner_extends_edges_then_adds_seeds():
+  spec = dataclasses.replace(TINY, lr_ks=(-1, 0, 1), max_extend=1, seeds_best=(1,),
+                             seeds_best_largest=(1, 2), largest_budget=4)
+  rows = [_row(3, "adamw", -1, 0, 2.0), _row(3, "adamw", 0, 0, 1.5)]
+  assert planner.grid_state(spec, rows, 3, 16, "adamw")["next"] == [(1, 0, 0)]
+  rows.append(_row(3, "adamw", 1, 0, 1.2))  # best on the high edge: extend once
+  assert planner.grid_state(spec, rows, 3, 16, "adamw")["next"] == [(2, 0, 0)]
+  rows.append(_row(3, "adamw", 2, 0, 1.1))  # still on the edge, cap reached: seeds
+  state = planner.grid_state(spec, rows, 3, 16, "adamw")
+  assert state["edge"] == "high" and state["extended"] == [(2, 0)]
+  assert state["best"] == (2, 0) and state["next"] == [(2, 0, 1)]
+  # Interior best at the largest budget: two extra seeds; diverged points never win.
+  rows = [_row(4, "sgdm", k, 0, loss) for k, loss in ((-1, 1.4), (0, 1.3), (1, None))]
+  state = planner.grid_state(spec, rows, 4, 16, "sgdm")
+  assert state["best"] == (0, 0) and state["next"] == [(0, 0, 1), (0, 0, 2)]
+
+
+def test_planner_extends_the_weight_decay_axis():
+  spec = dataclasses.replace(TINY, lr_ks=(-1, 0, 1), wd_ks=(-1, 0, 1), max_extend=1,
+                             seeds_best=(1,))
+  losses = {(-1, -1): 2.0, (-1, 0): 1.9, (-1, 1): 1.95, (0, -1): 1.6, (0, 0): 1.5,
+            (0, 1): 1.4, (1, -1): 1.8, (1, 0): 1.7, (1, 1): 1.75}
+  rows = [_row(3, "adamw", k, 0, loss, j) for (k, j), loss in losses.items()]
+  state = planner.grid_state(spec, rows, 3, 16, "adamw")
+  # Interior learning rate, highest weight decay: one more weight decay at lr point 0.
+  assert state["best"] == (0, 1) and state["next"] == [(0, 2, 0)]
+  rows.append(_row(3, "adamw", 0, 0, 1.45, j=2))
+  state = planner.grid_state(spec, rows, 3, 16, "adamw")
+  assert state["extended"] == [(0, 2)] and state["next"] == [(0, 1, 1)]
+
+
+def test_grids_come_from_the_optimizer_table_and_the_example_defaults():
+  from examples.gpt2 import configs
+
+  table = {n: (lr, wd) for n, lr, wd in configs.get_config("tiny").optimizer_defaults}
+  for key in ("sgd_sai", "adamw", "sgdm"):
+    assert key in optim.OPTIMIZERS
+    assert planner.learning_rate(TINY, 16, key, 0) == pytest.approx(table[key][0])
+    ratio = planner.learning_rate(TINY, 16, key, 1) / planner.learning_rate(TINY, 16, key, -1)
+    assert ratio == pytest.approx(10.0, rel=1e-2)
+    assert planner.weight_decay(TINY, 16, key, 2, 0.1) == pytest.approx(10 * table[key][1])
+  # Per-step decay: wd = default lr x default wd x 10**(j/2) / lr, here 0.5 x 0.01 / 0.05.
+  per_step = dataclasses.replace(TINY, decay_per_step=True)
+  lr, wd = table["sgd_sai"]
+  assert planner.weight_decay(per_step, 16, "sgd_sai", 0, 0.05) == pytest.approx(lr * wd / 0.05)
+  assert planner.weight_decay(per_step, 16, "sgd_sai", -2, lr) == pytest.approx(wd / 10)
+
+
+def test_every_spec_names_known_optimizers_and_models():
+  assert {"scaling_gpt2", "scaling_vit", "lr_wd_gpt2", "kinds_cnn"} <= set(SPECS)
+  for spec in SPECS.values():
+    assert set(spec.optimizers) <= set(optim.OPTIMIZERS)
+  assert SPECS["scaling_gpt2"].results_dir == "benchmarks/results/study_scaling/gpt2"
+  assert SPECS["kinds_cnn"].results_dir == "benchmarks/results/study/kinds_cnn"
+
+
+def test_log_skips_a_torn_line_and_keeps_the_latest_record(tmp_path):
+  log.append_cells(tmp_path, [{"id": "a", "v": 1}, {"id": "b", "v": 2}])
+  log.append_cells(tmp_path, [{"id": "a", "v": 3}])
+  with (tmp_path / log.LOG_FILE).open("a") as f:
+    f.write('{"id": "c", "v"')  # an interrupted write
+  assert sorted((r["id"], r["v"]) for r in log.read_cells(tmp_path)) == [("a", 3), ("b", 2)]
+
+
+def test_report_rewrites_the_committed_table_byte_for_byte(tmp_path, monkeypatch):
+  """The fixture's table.md was written by the study program these cells were run with
+  (benchmarks/scaling.py, commit 98c3ac9); the engine must write the same bytes."""
+  for name in ("cells.jsonl", "runs.jsonl"):
+    shutil.copy(FIXTURE / name, tmp_path / name)
+  monkeypatch.setattr(report, "host_line", lambda: "x86_64, 2 CPU cores")
+  spec = Spec("fixture", model="vit", budgets=(100,), widths=(64,))
+  report.report(spec, tmp_path)
+  assert (tmp_path / "table.md").read_bytes() == (FIXTURE / "table.md").read_bytes()
+
+
+def test_report_covers_the_whole_log_and_the_weight_decay_check(tmp_path):
+  """A report covers every logged optimizer, and the sgd_sai_unnorm rows get their own
+  differences (hand-computed here) and the logged normaliser."""
+  rows = []
+  for key, losses in (("sgd_sai", (2.0, 1.8, 1.9)), ("adamw", (1.6, 1.5, 1.7)),
+                      ("sgd_sai_unnorm", (1.9, 1.7, 2.2))):
+    for k, loss in zip((-1, 0, 1), losses, strict=True):
+      rows.append(_row(3, key, k, 0, loss))
+    rows.append(_row(3, key, 0, 1, losses[1] + 0.1))  # seed 1 at the best (k = 0)
+  for r in rows:
+    r.update(val_accuracy=0.5, curve=[[3, r["val_loss"], r["val_loss"], 0.5]],
+             group_wall_s=1.0, finished="t", lr=0.1, wd=0.01)
+    if r["optimizer"] == "sgd_sai_unnorm":
+      r["normaliser"] = 33.0
+  log.append_cells(tmp_path, rows)
+  spec = dataclasses.replace(TINY, optimizers=("sgd_sai", "adamw"), budgets=(3,),
+                             lr_ks=(-1, 0, 1), seeds_best=(1,))
+  summary = report.report(spec, tmp_path)
+  assert list(summary["study"]["optimizers"]) == ["sgd_sai", "adamw", "sgd_sai_unnorm"]
+  st = summary["stages"][0]
+  # Seed means: sgd_sai 1.85, adamw 1.55, unnorm 1.75; paired per seed.
+  assert st["gap_adamw"]["mean"] == pytest.approx(0.30)
+  assert st["gap_sgd_sai_unnorm_adamw"]["mean"] == pytest.approx(0.20)
+  assert st["gap_sgd_sai_unnorm_sgd_sai"]["mean"] == pytest.approx(-0.10)
+  assert st["gap_sgd_sai_unnorm_sgd_sai"]["paired"] == pytest.approx([-0.10, -0.10])
+  assert st["normaliser"] == 33.0
+  table = (tmp_path / "table.md").read_text()
+  assert "SGD-SaI (normalize=False)" in table and "| 3 | 16 | AdamW | " in table
+  assert "Weight-decay check" in table and "| 3 | 16 | 33 | -0.100 [-0.100, -0.100]" in table
+
+
+def test_pipeline_writes_table_and_plots_and_resumes(tmp_path):
+  counts = runner.run_study(TINY, tmp_path, budgets=(3,), command="cmd one", log_fn=quiet)
+  assert counts == {"trained": 4, "groups": 2}
+  rows = log.read_cells(tmp_path)
+  assert {(r["optimizer"], r["k"]) for r in rows} == {
+      (k, i) for k in ("sgd_sai", "adamw") for i in (0, 1)}
+  for r in rows:
+    assert r["lr"] == pytest.approx(planner.learning_rate(TINY, 16, r["optimizer"], r["k"]))
+    assert math.isfinite(r["val_loss"]) and r["val_loss"] < math.log(256) + 1
+    assert [c[0] for c in r["curve"]] == [2, 3] and r["group_size"] == 2
+
+  # Resume with a second budget: the finished cells are skipped, only budget 4 runs.
+  counts = runner.run_study(TINY, tmp_path, command="cmd two", log_fn=quiet)
+  assert counts == {"trained": 4, "groups": 2}
+  summary = report.report(TINY, tmp_path)
+  assert len(log.read_cells(tmp_path)) == 8
+  for st in summary["stages"]:
+    a, b = st["optimizers"]["sgd_sai"], st["optimizers"]["adamw"]
+    assert st["gap_adamw"]["mean"] == pytest.approx(a["mean"] - b["mean"])
+    # The best point is the lower loss of the two; both are on an edge (no extension).
+    assert a["mean"] == min(loss for _, loss in a["points"])
+    assert a["edge"] in ("low", "high")
+  table = (tmp_path / "table.md").read_text()
+  assert "SGD-SaI (normalize=True)" in table and "AdamW" in table
+  assert "cap reached" in table and "| 4 | 16 |" in table
+  assert table.rstrip().endswith("Command: `cmd two`")
+  for name in ("gap.png", "curves.png"):
+    assert (tmp_path / name).stat().st_size > 1000
+  assert json.loads((tmp_path / "summary.json").read_text())["cells"] == 8
+
+
+@pytest.mark.slow
+def test_vmapped_group_matches_the_examples_fit_and_resumes_midway(tmp_path):
+  """Each member of a vmapped group (its own lr, weight decay and seed) trains as the
+  example's own ``fit`` would, through the ``fit`` backend too, and a group interrupted
+  midway resumes to the same result."""
+  budget = 4
+  members = [(planner.learning_rate(TINY, 16, "adamw", 0), 0.01, 0),
+             (planner.learning_rate(TINY, 16, "adamw", 1), 0.3, 1)]
+  whole = backends.train_group(TINY, budget, 16, "adamw", members, log_fn=quiet)
+  fit_spec = dataclasses.replace(TINY, backend="fit")
+  for member, row in zip(members, whole, strict=True):
+    fit = backends.train_cells(fit_spec, budget, 16, "adamw", [member])[0]
+    assert row["val_loss"] == pytest.approx(fit["val_loss"], rel=1e-4)
+    assert (row["wd"], row["seed"]) == member[1:]
+  partial = tmp_path / "group"
+  assert backends.train_group(TINY, budget, 16, "adamw", members, partial=partial,
+                              stop_after=2, log_fn=quiet) is None
+  assert partial.with_suffix(".npz").exists()
+  resumed = backends.train_group(TINY, budget, 16, "adamw", members, partial=partial,
+                                 log_fn=quiet)
+  assert [r["val_loss"] for r in resumed] == pytest.approx([r["val_loss"] for r in whole],
+                                                           rel=1e-5)
+  assert resumed[0]["curve"][0] == whole[0]["curve"][0]
+  assert not partial.with_suffix(".npz").exists()
+
+
+def test_measured_normaliser_is_the_largest_block_gsnr():
+  """``sgd_sai_unnorm``'s grid is sgd_sai's divided by ``max_k snr_k`` of the first step,
+  recomputed here in NumPy from the gradient of the example's own loss."""
+  import jax
+  import numpy as np
+  from flax import nnx
+
+  task = backends.build_task(TINY, 16, 4, "sgd_sai", 0)
+  model = task.make_model(nnx.Rngs(jax.random.PRNGKey(0)))
+  grads = nnx.grad(lambda m: task.loss_fn(m, task.train_batch(0), None))(model)
+  snrs = []
+  for path, g in jax.tree_util.tree_flatten_with_path(nnx.state(grads, nnx.Param))[0]:
+    g = np.asarray(g, np.float64)
+    keys = tuple(getattr(p, "key", getattr(p, "name", p)) for p in path)
+    # Scanned layers (under ``h``) are one block per layer, the rest one block per leaf.
+    blocks = list(g) if task.block_axes and task.block_axes(keys, g) == 0 else [g]
+    snrs += [np.linalg.norm(b) / (np.std(b, ddof=1) + 1e-8) for b in blocks if b.size > 1]
+  normaliser = backends.normaliser(TINY, 16)
+  assert normaliser == pytest.approx(float(f"{max(snrs):.3g}"))
+  # snr >= sqrt(numel - 1): the largest block is the 256 x 16 embedding.
+  assert normaliser >= math.sqrt(256 * 16 - 1) * 0.999
+  assert planner.lr_divisor(TINY, 16, "sgd_sai") == planner.lr_divisor(TINY, 16, "adamw") == 1
+  for k in (-1, 0, 2):
+    assert planner.learning_rate(TINY, 16, "sgd_sai_unnorm", k) == pytest.approx(
+        planner.learning_rate(TINY, 16, "sgd_sai", k) / normaliser, rel=5e-3)
+
+
+def test_cnn_trains_in_the_engine_and_reports_its_scales(tmp_path):
+  """The third model: a small CNN on the digits, its accuracy and per-block scales."""
+  spec = Spec("cnn", model="cnn", optimizers=("sgd_sai",), budgets=(3,), widths=(4,),
+              lr_ks=(0,), seeds_best=(), evals=1, report_scales=True)
+  assert runner.run_study(spec, tmp_path, log_fn=quiet) == {"trained": 1, "groups": 1}
+  row = log.read_cells(tmp_path)[0]
+  assert 0.0 <= row["val_accuracy"] <= 1.0 and row["val_accuracy"] * 297 == pytest.approx(
+      round(row["val_accuracy"] * 297), abs=1e-6)
+  # conv 3x3x1x4 + 4, conv 3x3x4x4 + 4, dense (4x4x4) x 64 + 64, head 64 x 10 + 10.
+  assert row["num_params"] == 36 + 4 + 144 + 4 + 64 * 64 + 64 + 640 + 10
+  report.report(spec, tmp_path)
+  scales = json.loads((tmp_path / "scales.json").read_text())["4"]["scales"]
+  assert set(scales) == {f"{layer}/{p}" for layer in ("conv1", "conv2", "dense", "head")
+                         for p in ("kernel", "bias")}
+  # The largest block's scale is 1 by construction (no zero-initialised head here).
+  assert max(scales.values()) == pytest.approx(1.0)
+  assert "g-SNR scales of sgd_sai" in (tmp_path / "table.md").read_text()
+
+
+def test_stdlib_corpus_is_split_by_file_and_skips_site_packages(tmp_path):
+  import hashlib
+
+  import numpy as np
+
+  from examples.gpt2 import data as data_lib
+  from examples.gpt2 import prepare
+
+  root = tmp_path / "lib"
+  files = {f"m{i}.py": f"x = {i}\n".encode() * (i + 1) for i in range(40)}
+  files["pkg/sub.py"] = b"def f():\n  return 1\n"
+  for name, text in files.items():
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    (root / name).write_bytes(text)
+  (root / "site-packages").mkdir()
+  (root / "site-packages" / "third_party.py").write_bytes(b"import nothing\n")
+  (root / "notes.txt").write_bytes(b"not python\n")
+
+  meta = prepare.prepare_stdlib(tmp_path / "out", root)
+  is_val = {n: hashlib.sha1(n.encode()).digest()[0] < 13 for n in files}
+  assert any(is_val.values()) and not all(is_val.values())
+  for split, want in (("train", False), ("val", True)):
+    expected = b"\n\n".join(files[n] for n in sorted(files) if is_val[n] == want)
+    got = np.fromfile(tmp_path / "out" / f"{split}.bin", np.uint16).astype(np.uint8)
+    assert got.tobytes() == expected
+    assert meta[f"{split}_tokens"] == len(expected)
+  assert meta["train_files"] + meta["val_files"] == len(files)  # site-packages skipped
+  assert data_lib.load_meta(tmp_path / "out")["vocab_size"] == 256
