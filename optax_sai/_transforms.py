@@ -1,6 +1,7 @@
 """The two transforms of SGD-SaI: the one-shot g-SNR scale and the paper's momentum."""
 
 import functools
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -112,6 +113,26 @@ def _capture_leaf(g: jax.Array, value: jax.Array, eps: jax.typing.ArrayLike, *,
   return jnp.where(value > 0, value, _replicated(fresh.astype(value.dtype)))
 
 
+def _same_shape_groups(grads: list[jax.Array], axes: list[Any]) -> list[list[int]]:
+  """Indices of the leaves captured together: small unsharded leaves of one shape.
+
+  XLA compiles a few kernels per captured leaf, and its compile time grows faster than
+  the number of kernels; small leaves of the same shape, dtype and block axes are stacked
+  and captured by one set of kernels. Large or explicitly sharded leaves are captured one
+  by one. Measured with XLA:CPU on 300 leaves of 5 shapes: compile 1.76x AdamW's instead
+  of 2.50x. The stacked copy is the capture branch's scratch, allocated at every step: the
+  bytes of the small leaves (GPT-2 124M: 0.10% of the parameters' bytes, was 0.01%).
+  """
+  groups: dict[Any, list[int]] = {}
+  for i, (g, a) in enumerate(zip(grads, axes, strict=True)):
+    spec = getattr(getattr(jax.typeof(g), "sharding", None), "spec", None)
+    sharded = spec is not None and any(x is not None for x in spec)
+    small = math.prod(g.shape) < _gsnr.LARGE_BLOCK
+    key = (g.shape, g.dtype, tuple(a)) if small and not sharded else ("leaf", i)
+    groups.setdefault(key, []).append(i)
+  return list(groups.values())
+
+
 def _capture_pending(grads: list[jax.Array], axes: list[Any], values: list[jax.Array],
                      normalizer: jax.Array, eps: float,
                      normalize: bool) -> tuple[list[jax.Array], jax.Array]:
@@ -122,8 +143,17 @@ def _capture_pending(grads: list[jax.Array], axes: list[Any], values: list[jax.A
   the first capturing step: while it is 0 no block has been captured, so the maximum over
   all values then is the maximum over the blocks captured now.
   """
-  new_values = [_capture_leaf(g, v, eps, axes=a)
-                for g, a, v in zip(grads, axes, values, strict=True)]
+  new_values = list(values)
+  for members in _same_shape_groups(grads, axes):
+    if len(members) == 1:
+      (i,) = members
+      new_values[i] = _capture_leaf(grads[i], values[i], eps, axes=axes[i])
+      continue
+    stacked = _capture_leaf(jnp.stack([grads[i] for i in members]),
+                            jnp.stack([values[i] for i in members]), eps,
+                            axes=(0, *(a + 1 for a in axes[members[0]])))
+    for k, i in enumerate(members):
+      new_values[i] = stacked[k]
   if normalize:
     top = jnp.max(_all_blocks(new_values)).astype(normalizer.dtype)
     normalizer = jnp.where(normalizer > 0, normalizer, top)
