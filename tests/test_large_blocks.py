@@ -1,4 +1,8 @@
-"""Blocks past the sizes where counts and sums stop being exact.
+"""Large blocks and large trees.
+
+- Many small leaves (an unscanned model): leaves of one shape are captured together, so
+  the capture compiles a few kernels per distinct shape, not per leaf, and gives every
+  leaf the g-SNR it gets on its own.
 
 - More than 2^31 entries in one block (an embedding of a large vocabulary, an unscanned
   7B model's fused kernel): the entry count no longer fits an int32. Checked with abstract
@@ -85,3 +89,34 @@ def test_gsnr_of_block_past_2_24_entries_matches_float64(mean):
   assert float(state.gsnr) == pytest.approx(expected, rel=1e-6)
   if mean == 0.0:  # zero-mean: g-SNR ~ sqrt(n - 1), a check independent of NumPy's std
     assert got == pytest.approx(math.sqrt(n - 1), rel=1e-3)
+
+
+def _many_leaves(n):
+  shapes = ((64,), (16, 16), (128,))
+  rng = np.random.default_rng(3)
+  return {f"l{i:03d}": jnp.asarray(rng.normal(0.1 * (i % 7), 1.0 + i % 5,
+                                              shapes[i % 3]).astype(np.float32))
+          for i in range(n)}
+
+
+def test_many_small_leaves_are_captured_per_shape_not_per_leaf():
+  grads = _many_leaves(60)
+  tx = optax_sai.sgd_sai(1e-2)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), grads)
+  text = jax.jit(tx.update).lower(abstract, jax.eval_shape(tx.init, abstract),
+                                  abstract).as_text()
+  # One call of the capture per distinct shape (3), not per leaf (60 before).
+  assert len(re.findall(r"call @_capture_leaf", text)) == 3
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_many_small_leaves_get_their_own_gsnr(normalize):
+  grads = _many_leaves(60)
+  tx = optax_sai.scale_by_gsnr(EPS, normalize=normalize)
+  _, state = jax.jit(tx.update)(grads, tx.init(grads))
+  for name, g in grads.items():
+    g64 = np.asarray(g, np.float64)
+    expected = np.linalg.norm(g64) / (np.std(g64, ddof=1) + EPS)
+    assert float(state.gsnr[name]) == pytest.approx(expected, rel=2e-6), name
+  top = max(float(v) for v in state.gsnr.values())
+  assert float(state.normalizer) == (top if normalize else 1.0)
