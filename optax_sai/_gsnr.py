@@ -256,7 +256,9 @@ def block_peak_and_mean(g: jax.Array, axes: tuple[int, ...] = ()) -> tuple[jax.A
   # XLA:CPU's vectorised max can drop a NaN; a sum never does, so a NaN sum marks the block
   # non-finite.
   peak = jnp.where(jnp.isnan(total), jnp.nan, peak)
-  return peak, jnp.where(jnp.isfinite(total), total / n, 0)
+  # ``n`` as a Python float: an int past 2^31 (one block of an 8 GiB embedding) does not
+  # fit the int32 a Python int is traced as.
+  return peak, jnp.where(jnp.isfinite(total), total / float(n), 0)
 
 
 def block_centred_sums(g: jax.Array, axes: tuple[int, ...], peak: jax.Array,
@@ -291,6 +293,7 @@ def gsnr_from_sums(peak: jax.Array, mean: jax.Array, s1: jax.Array, s2: jax.Arra
   """
   if n <= 1:
     return jnp.ones_like(peak)
+  n = float(n)  # a Python int past 2^31 would not trace (int32); a float is weakly typed
   squared_deviations = jnp.maximum(s2 - s1 * s1 / n, 0)
   centre = mean / peak + s1 / n  # the mean in units of peak, refined by pass 2
   norm = jnp.sqrt(squared_deviations + n * jnp.square(centre))

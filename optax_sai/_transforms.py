@@ -1,6 +1,7 @@
 """The two transforms of SGD-SaI: the one-shot g-SNR scale and the paper's momentum."""
 
 import functools
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -119,6 +120,23 @@ def _capture_leaf(g: jax.Array, value: jax.Array, eps: jax.typing.ArrayLike, *,
   return jnp.where(value > 0, value, _replicated(fresh.astype(value.dtype))), _replicated(peak)
 
 
+def _same_shape_groups(grads: list[jax.Array], axes: list[Any]) -> list[list[int]]:
+  """Indices of the leaves captured together: small unsharded leaves of one shape.
+
+  Stacking them lets one set of kernels capture them all, so compile time grows with the
+  number of shapes, not of leaves; the price is the stacked copy as the capture branch's
+  scratch (numbers: docs/guides/performance.md, "Trees of any size").
+  """
+  groups: dict[Any, list[int]] = {}
+  for i, (g, a) in enumerate(zip(grads, axes, strict=True)):
+    spec = getattr(getattr(jax.typeof(g), "sharding", None), "spec", None)
+    sharded = spec is not None and any(x is not None for x in spec)
+    small = math.prod(g.shape) < _gsnr.LARGE_BLOCK
+    key = (g.shape, g.dtype, tuple(a)) if small and not sharded else ("leaf", i)
+    groups.setdefault(key, []).append(i)
+  return list(groups.values())
+
+
 def _capture_pending(grads: list[jax.Array], axes: list[Any], values: list[jax.Array],
                      normalizer: jax.Array, eps: float,
                      normalize: bool) -> tuple[list[jax.Array], jax.Array]:
@@ -131,8 +149,17 @@ def _capture_pending(grads: list[jax.Array], axes: list[Any], values: list[jax.A
   captured, so the maximum over all values then is the maximum over the blocks captured
   now.
   """
-  captures = [_capture_leaf(g, v, eps, axes=a)
-              for g, a, v in zip(grads, axes, values, strict=True)]
+  captures: list[Any] = [None] * len(grads)
+  for members in _same_shape_groups(grads, axes):
+    if len(members) == 1:
+      (i,) = members
+      captures[i] = _capture_leaf(grads[i], values[i], eps, axes=axes[i])
+      continue
+    stacked, peaks = _capture_leaf(jnp.stack([grads[i] for i in members]),
+                                   jnp.stack([values[i] for i in members]), eps,
+                                   axes=(0, *(a + 1 for a in axes[members[0]])))
+    for k, i in enumerate(members):
+      captures[i] = (stacked[k], peaks[k])
   floor = _gsnr.numerical_zero_floor(_all_blocks([peak for _, peak in captures]))
   new_values = [jnp.where((value == 0) & (peak <= floor), 0, new)
                 for value, (new, peak) in zip(values, captures, strict=True)]

@@ -332,6 +332,10 @@ def test_compiled_step_allocates_no_parameter_sized_scratch(mu_dtype):
   analysis = compiled.memory_analysis()
   if analysis is None:
     pytest.skip("this backend gives no memory analysis")
+  if jax.__version_info__ < (0, 10, 2):
+    # Measured on jax/jaxlib 0.9.0, 0.9.2, 0.10.0 and 0.10.1 (the minimum-versions CI leg):
+    # 1,050,664 bytes of scratch, 1.0x the parameters. The property is XLA's, from 0.10.2.
+    pytest.skip("XLA before jaxlib 0.10.2 keeps a gradient-sized temporary in this step")
   # Per-block scalars only (measured 3,096 bytes in float32, 3,112 with a bfloat16
   # momentum). The smallest leaf is 256 floats, 1 KiB; the old shared ``g / peak``
   # materialised all of them (1.0x the params), and an update taken from the float32
