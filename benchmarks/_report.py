@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -58,6 +60,19 @@ def ensure_dir(path: str) -> str:
   """Creates ``path`` if needed and returns it."""
   os.makedirs(path, exist_ok=True)
   return path
+
+
+def write_results(out: str, name: str, text: str, record: Mapping[str, Any] | None) -> None:
+  """Writes ``out/name.md`` and, unless ``record`` is None, ``out/name.json``.
+
+  The record is stamped with the local time it was written (``time``), after its own keys.
+  """
+  ensure_dir(out)
+  with open(os.path.join(out, f"{name}.md"), "w") as f:
+    f.write(text)
+  if record is not None:
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
+      json.dump({**record, "time": time.strftime("%Y-%m-%d %H:%M:%S")}, f, indent=1)
 
 
 def bar_plot(path: str, groups: Mapping[str, Mapping[str, float]],

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import statistics
 import sys
 import time
@@ -168,12 +166,8 @@ def main(argv: Sequence[str] | None = None) -> list[CompileRow]:
           for r in run_model(m, optimizers, args.rounds, log=log)]
   machine = report.machine_description()
   text = markdown(rows, machine, args.rounds)
-  report.ensure_dir(args.out)
-  with open(os.path.join(args.out, "compile_time.md"), "w") as f:
-    f.write(text)
-  with open(os.path.join(args.out, "compile_time.json"), "w") as f:
-    json.dump({"machine": machine, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=1)
+  report.write_results(args.out, "compile_time", text,
+                       {"machine": machine, "rows": [dataclasses.asdict(r) for r in rows]})
   print(text)
   return rows
 

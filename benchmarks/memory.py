@@ -331,14 +331,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   growth_rows = growth(rows, limit, fractions, measured) if note else []
 
   text = markdown(rows, comp, growth_rows, machine, note)
-  report.ensure_dir(args.out)
-  with open(os.path.join(args.out, "memory.md"), "w") as f:
-    f.write(text)
-  result = {"machine": machine, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "state": [dataclasses.asdict(r) for r in rows],
+  result = {"machine": machine, "state": [dataclasses.asdict(r) for r in rows],
             "compiled": [dataclasses.asdict(c) for c in comp], "limit_gbps": limit}
-  with open(os.path.join(args.out, "memory.json"), "w") as f:
-    json.dump(result, f, indent=1)
+  report.write_results(args.out, "memory", text, result)
   plot(rows, os.path.join(args.out, "memory.png"))
   print(text)
   return result

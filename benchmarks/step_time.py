@@ -291,12 +291,9 @@ def main(argv: Sequence[str] | None = None) -> list[ModelResult]:
     results = [run_model(m, optimizers, args.rounds, args.steps, low_memory=low_memory,
                          first_repeats=args.first_repeats, log=log) for m in models]
   text = markdown(results, machine, args.rounds, args.steps)
-  report.ensure_dir(args.out)
-  with open(os.path.join(args.out, "step_time.md"), "w") as f:
-    f.write(text)
-  if not args.from_json:  # re-rendering keeps the record as it was
-    with open(os.path.join(args.out, "step_time.json"), "w") as f:
-      json.dump(to_json(results, machine), f, indent=1)
+  # Re-rendering from the record keeps the record as it was.
+  report.write_results(args.out, "step_time", text,
+                       None if args.from_json else to_json(results, machine))
   plots(results, args.out)
   print(text)
   return results

@@ -23,17 +23,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from benchmarks import _common as C
+from benchmarks import _report as report
+from benchmarks import _tables as tables
+from benchmarks import _timing as timing
+from benchmarks import _trees as trees
 
 DEFAULT_LEAVES = (100, 1_000, 10_000)
 DEFAULT_OPTIMIZERS = ("sgd_sai", "adamw", "sgdm")
@@ -63,38 +64,39 @@ def tree_of_leaves(n: int) -> dict[str, jax.ShapeDtypeStruct]:
 
 
 def optimizer_runner(name: str, abstract: dict[str, jax.ShapeDtypeStruct],
-                     params0: dict[str, jax.Array], grads: dict[str, jax.Array]) -> C.Runner:
+                     params0: dict[str, jax.Array], grads: dict[str, jax.Array]) -> timing.Runner:
   """A runner for one optimizer's donated step, compiled ahead of time (timed).
 
-  Fresh buffers are copies of ``params0``: rebuilding them with ``C.materialise`` (a new
+  Fresh buffers are copies of ``params0``: rebuilding them with ``trees.materialise`` (a new
   jitted fill per call) would recompile a fill of every leaf at each fresh start.
   """
-  tx = C.make_optimizer(name)
-  step = C.make_step(tx)
-  state_abstract = C.abstract_state(tx, abstract)
-  compile_s, compiled = C.timed(lambda: step.lower(abstract, state_abstract, abstract).compile())
+  tx = tables.make_optimizer(name)
+  step = timing.make_step(tx)
+  state_abstract = trees.abstract_state(tx, abstract)
+  compile_s, compiled = timing.timed(
+      lambda: step.lower(abstract, state_abstract, abstract).compile())
   init = jax.jit(tx.init)
 
   def make_carry() -> tuple[dict[str, jax.Array], object]:
     params = jax.tree.map(jnp.copy, params0)
     return params, jax.block_until_ready(init(params))
 
-  return C.Runner(name, compiled, make_carry, (grads,), compile_s=compile_s)
+  return timing.Runner(name, compiled, make_carry, (grads,), compile_s=compile_s)
 
 
 def measure(n_leaves: int, optimizers: Sequence[str], rounds: int, steps: int,
             first_repeats: int, log: Callable[[str], None] = print) -> list[TreeSizeRow]:
   """Compile, first-step and steady-step times of every optimizer on one tree."""
   abstract = tree_of_leaves(n_leaves)
-  grads = C.materialise(abstract, seed=3)
-  params0 = C.materialise(abstract, seed=1)
+  grads = trees.materialise(abstract, seed=3)
+  params0 = trees.materialise(abstract, seed=1)
   runners = []
   for name in optimizers:
     jax.clear_caches()  # each compile from a cold cache (sgd_sai's per-shape jits too)
     runners.append(optimizer_runner(name, abstract, params0, grads))
     log(f"  {n_leaves} leaves: {name} compiled in {runners[-1].compile_s:.2f} s")
-  C.time_first_steps(runners, first_repeats)
-  C.interleave(runners, rounds=rounds, steps=steps, log=log)
+  timing.time_first_steps(runners, first_repeats)
+  timing.interleave(runners, rounds=rounds, steps=steps, log=log)
   rows = [TreeSizeRow(leaves=n_leaves, optimizer=r.name, compile_s=r.compile_s,
                       first_s=r.first_s, steady_s=statistics.median(r.samples))
           for r in runners]
@@ -116,10 +118,10 @@ def markdown(rows: Sequence[TreeSizeRow], machine: str, rounds: int, steps: int)
          "starts (sgd_sai's g-SNR capture). Steady step: median over "
          f"{rounds} interleaved rounds of {steps} steps. Ratios are to `optax.adamw` "
          "in the same run.", ""]
-  out.append(C.markdown_table(
+  out.append(report.markdown_table(
       ["leaves", "optimizer", "compile s", "/ adamw", "first step ms", "/ adamw",
        "steady step ms", "/ adamw"],
-      [[f"{r.leaves:,}", C.OPTIMIZER_LABELS.get(r.optimizer, r.optimizer),
+      [[f"{r.leaves:,}", tables.OPTIMIZER_LABELS.get(r.optimizer, r.optimizer),
         f"{r.compile_s:.2f}", f"{r.compile_ratio:.2f}", f"{1e3 * r.first_s:.2f}",
         f"{r.first_ratio:.2f}", f"{1e3 * r.steady_s:.2f}", f"{r.steady_ratio:.2f}"]
        for r in rows]))
@@ -148,15 +150,11 @@ def main(argv: Sequence[str] | None = None) -> list[TreeSizeRow]:
   rows = [r for n in args.leaves.split(",") if n
           for r in measure(int(n), optimizers, args.rounds, args.steps, args.first_repeats,
                            log=log)]
-  machine = C.machine_description()
+  machine = report.machine_description()
   text = markdown(rows, machine, args.rounds, args.steps)
-  C.ensure_dir(args.out)
-  with open(os.path.join(args.out, "tree_size.md"), "w") as f:
-    f.write(text)
-  with open(os.path.join(args.out, "tree_size.json"), "w") as f:
-    json.dump({"machine": machine, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "rounds": args.rounds, "steps": args.steps,
-               "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=1)
+  report.write_results(args.out, "tree_size", text, {
+      "machine": machine, "rounds": args.rounds, "steps": args.steps,
+      "rows": [dataclasses.asdict(r) for r in rows]})
   print(text)
   return rows
 
