@@ -139,8 +139,8 @@ def sgd_sai(
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, optax_sai
-    >>> schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 10, 100)
-    >>> tx = optax_sai.sgd_sai(schedule, momentum=0.9, weight_decay=1e-2)
+    >>> schedule = optax.warmup_cosine_decay_schedule(0.0, 1.0, 10, 100)
+    >>> tx = optax_sai.sgd_sai(schedule, momentum=0.9, weight_decay=1e-3)
     >>> params = {"w": jnp.ones((3, 2))}
     >>> loss = lambda p: jnp.sum((p["w"] - 2.0) ** 2)
     >>> state = tx.init(params)

@@ -88,7 +88,7 @@ def state_shardings(
     >>> mesh = jax.make_mesh((1,), ("fsdp",))
     >>> params = {"w": jax.ShapeDtypeStruct((8, 4), jnp.float32)}
     >>> shardings = {"w": NamedSharding(mesh, P("fsdp", None))}
-    >>> tx = optax_sai.sgd_sai(1e-2)
+    >>> tx = optax_sai.sgd_sai(1.0)
     >>> out = optax_sai.state_shardings(tx, params, shardings)
     >>> out[0].gsnr["w"].spec == P(), out[1].mu["w"].spec == P("fsdp", None)
     (True, True)
@@ -158,7 +158,7 @@ def init_sharded(
     >>> from jax.sharding import NamedSharding, PartitionSpec as P
     >>> mesh = jax.make_mesh((1,), ("fsdp",))
     >>> w = jax.ShapeDtypeStruct((8, 4), jnp.float32, sharding=NamedSharding(mesh, P("fsdp")))
-    >>> state = optax_sai.init_sharded(optax_sai.sgd_sai(1e-2), {"w": w})
+    >>> state = optax_sai.init_sharded(optax_sai.sgd_sai(1.0), {"w": w})
     >>> state[1].mu["w"].sharding.spec == P("fsdp")
     True
   """

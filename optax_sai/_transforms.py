@@ -437,7 +437,7 @@ def gsnr_scales(opt_state: Any) -> Any:
 
   Example:
     >>> import jax.numpy as jnp, optax_sai
-    >>> tx = optax_sai.sgd_sai(1e-2)
+    >>> tx = optax_sai.sgd_sai(1.0)
     >>> params = {"w": jnp.ones((2, 2)), "b": jnp.ones(3)}
     >>> grads = {"w": jnp.array([[0.1, -0.2], [0.3, 0.4]]), "b": jnp.array([0.01, 0.02, 0.04])}
     >>> _, state = tx.update(grads, tx.init(params), params)
