@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from examples.common.config import check_range
+from examples.common.config import ConfigError, check_range
 from examples.gpt2.configs import GPTConfig
 
 # sgd_sai, adamw, sgdm: the best learning rates of the sweep in examples/README.md (LoRA
@@ -41,12 +41,18 @@ class LoRAConfig(GPTConfig):
   base_seed: int = 0
   base_dir: str = "runs/lora-base"
   base_data_dir: str | None = None
+  # ABLATION, not a recommendation: every A's gradient is zeroed (after clipping), so A is
+  # never captured and never moves, as under the released ``sgd-sai`` 1.0.3 (which stores
+  # g-SNR 0 for A, whose gradient is exactly zero at step 1). See ``pin_a_gradients``.
+  pin_a: bool = False
 
   def check(self) -> None:
     """The GPT-2 fields' checks plus the adapters' and the base recipe's."""
     super().check()
     check_range("rank", self.rank, low=0)
     check_range("base_steps", self.base_steps, low=1)
+    if self.pin_a and self.rank == 0:
+      raise ConfigError("needs adapters (rank > 0): full fine-tuning has no A", "pin_a")
 
 
 CONFIGS = ("tiny",)
