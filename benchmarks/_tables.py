@@ -27,7 +27,7 @@ class Model:
   """A model family of the examples.
 
   Attributes:
-    key: the family's name (``gpt2``, ``vit``, ``cnn``).
+    key: the family's name (``gpt2``, ``vit``, ``cnn``, ``lora``).
     configs: the module with ``get_config(name)``.
     train: the module with ``build_task(config)`` and ``train(config, ...)``.
     model_class: ``module:Class`` of the ``nnx.Module``.

@@ -1,7 +1,7 @@
 """LoRA fine-tuning configurations: the GPT-2 example's model fields plus the adapters.
 
 ``tiny``: the GPT-2 example's ``tiny`` model (4 layers, 128 wide, byte-level; context 64 to
-keep the sweep cheap on two shared CPU cores), pretrained for 300 steps on
+keep the study cheap on two shared CPU cores), pretrained for 300 steps on
 the ``pydoc`` corpus (English documentation) and fine-tuned on Python source code
 (``pysource``, see ``data.py``) with rank-8 adapters on every attention and MLP projection.
 """
@@ -13,9 +13,9 @@ import dataclasses
 from examples.common.config import ConfigError, check_range
 from examples.gpt2.configs import GPTConfig
 
-# sgd_sai, adamw, sgdm: the best learning rates of the sweep in examples/README.md (LoRA
-# rank 8, tiny, 100 steps, seed 0); the others are untuned guesses. No weight decay on the
-# adapters (a common LoRA recipe).
+# sgd_sai, adamw, sgdm: the best learning rates of the LoRA study (rank 8, tiny, 100 steps,
+# seed 0; `python -m benchmarks.study lora`, benchmarks/results/study/lora/table.md); the
+# others are untuned guesses. No weight decay on the adapters (a common LoRA recipe).
 _TINY_OPTIMIZERS = dict(
     learning_rates={"sgd_sai": 3.0, "adamw": 1e-2, "sgdm": 0.3, "adam": 1e-2, "lion": 1e-3,
                     "adafactor": 3e-2},

@@ -12,7 +12,9 @@ runs reuse it. Without ``--workdir`` the command line writes to
 ``runs/lora-<config>-<optimizer>-r<rank>``. Fine-tuning then trains only the adapters
 (``nnx.LoRAParam``; the base ``nnx.Param`` weights are frozen and get no optimizer state)
 on Python source code.
-``--rank 0`` fine-tunes every parameter instead (the full fine-tuning ceiling).
+``--rank 0`` fine-tunes every parameter instead (the full fine-tuning ceiling);
+``--pin-a`` zeroes A's gradient (an ablation: the released ``sgd-sai`` 1.0.3's training of
+LoRA). The study of these arms is ``python -m benchmarks.study lora``.
 
 In Python: ``train(get_config("tiny"), optimizer="sgd_sai", workdir=..., steps=100)``.
 """
