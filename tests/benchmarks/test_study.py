@@ -127,9 +127,9 @@ def test_grids_come_from_the_optimizer_table_and_the_example_defaults():
 
 
 def test_every_spec_names_known_optimizers_and_models():
-  assert {"scaling_gpt2", "scaling_vit", "lr_wd_gpt2", "kinds_cnn"} <= set(SPECS)
+  assert {"scaling_gpt2", "scaling_vit", "lr_wd_gpt2", "kinds_cnn", "lora"} <= set(SPECS)
   for spec in SPECS.values():
-    assert set(spec.optimizers) <= set(optim.OPTIMIZERS)
+    assert {spec.arm(k).optimizer for k in spec.optimizers} <= set(optim.OPTIMIZERS)
   assert SPECS["scaling_gpt2"].results_dir == "benchmarks/results/study_scaling/gpt2"
   assert SPECS["kinds_cnn"].results_dir == "benchmarks/results/study/kinds_cnn"
 
@@ -439,7 +439,8 @@ def test_lora_arms_train_in_a_vmapped_group_as_fit_does(tmp_path):
     members = [(planner.learning_rate(spec, 16, key, 0), 0.0, 0),
                (planner.learning_rate(spec, 16, key, -1), 0.0, 1)]
     group = backends.train_group(spec, 3, 16, key, members, log_fn=quiet)
-    for member, row in zip(members, group, strict=True):
+    assert group[0]["val_loss"] != group[1]["val_loss"]
+    for member, row in zip(members[1:], group[1:], strict=True):  # lr k = -1, seed 1
       fit = backends.train_cells(fit_spec, 3, 16, key, [member])[0]
       assert row["val_loss"] == pytest.approx(fit["val_loss"], rel=1e-4)
       assert row["num_params"] == fit["num_params"]
