@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
+import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -73,6 +75,35 @@ def write_results(out: str, name: str, text: str, record: Mapping[str, Any] | No
   if record is not None:
     with open(os.path.join(out, f"{name}.json"), "w") as f:
       json.dump({**record, "time": time.strftime("%Y-%m-%d %H:%M:%S")}, f, indent=1)
+
+
+def log_line(message: str) -> None:
+  """A benchmark's progress line, on standard error (its Markdown goes to standard output)."""
+  print(message, file=sys.stderr, flush=True)
+
+
+def names(flag: str) -> list[str]:
+  """The names of a comma-separated flag (``"sgd_sai,adamw"``), empty ones dropped."""
+  return [name for name in flag.split(",") if name]
+
+
+def publish(out: str, name: str, rows: Sequence[Any], markdown: Callable[[str], str],
+            **record: Any) -> None:
+  """The end of a benchmark run: its Markdown printed and written to ``out/name.md``, and
+  ``out/name.json`` holding the machine, ``record`` and the rows.
+
+  Args:
+    out: the results folder.
+    name: the benchmark's name (the files' stem).
+    rows: the measured rows (dataclasses).
+    markdown: ``machine description -> Markdown`` of the rows.
+    **record: further fields of the JSON record (before ``rows``).
+  """
+  machine = machine_description()
+  text = markdown(machine)
+  write_results(out, name, text, {"machine": machine, **record,
+                                  "rows": [dataclasses.asdict(r) for r in rows]})
+  print(text)
 
 
 def bar_plot(path: str, groups: Mapping[str, Mapping[str, float]],

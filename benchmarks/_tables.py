@@ -27,7 +27,7 @@ class Model:
   """A model family of the examples.
 
   Attributes:
-    key: the family's name (``gpt2``, ``vit``, ``cnn``).
+    key: the family's name (``gpt2``, ``vit``, ``cnn``, ``lora``).
     configs: the module with ``get_config(name)``.
     train: the module with ``build_task(config)`` and ``train(config, ...)``.
     model_class: ``module:Class`` of the ``nnx.Module``.
@@ -38,6 +38,11 @@ class Model:
     width_fields: width -> the config fields a study's width axis sets.
     accuracy: report the val accuracy beside the loss.
     note: the study table's paragraph on the data.
+    cell_fields: ``module:function``, ``(task, params, opt_state) -> {field: value}``: facts
+      a study logs with each cell after training it (``""``: none).
+    report_section: ``module:function``, ``(spec, analysis, rows) -> (lines, facts)``: the
+      model's own section of a study's ``table.md`` and its facts for ``summary.json``
+      (``""``: none).
   """
 
   key: str
@@ -51,10 +56,19 @@ class Model:
   width_fields: Callable[[int], dict[str, int]]
   accuracy: bool
   note: str
+  cell_fields: str = ""
+  report_section: str = ""
 
   def module(self, name: str) -> Any:
     """The family's ``configs`` or ``train`` module, imported."""
     return importlib.import_module(getattr(self, name))
+
+  def hook(self, name: str) -> Callable[..., Any] | None:
+    """The function ``cell_fields`` or ``report_section`` names, or ``None``."""
+    if not getattr(self, name):
+      return None
+    module, function = getattr(self, name).split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 _DIGITS_NOTE = (
@@ -83,6 +97,13 @@ MODELS: dict[str, Model] = {m.key: m for m in (
           title="small CNN on scikit-learn's `{dataset}`", loss_unit="nats",
           dataset="digits", overrides=(("augment", True),),
           width_fields=lambda w: {"conv_width": w}, accuracy=True, note=_DIGITS_NOTE),
+    # The tiny GPT-2 pretrained on English prose (``pydoc``, cached per recipe under
+    # runs/lora-base), fine-tuned on Python source. One width: the base's n_embd.
+    Model("lora", "examples.lora.configs", "examples.lora.train", "examples.gpt2.model:GPT",
+          title="the tiny GPT-2 (pretrained on `pydoc`) on `{dataset}`", loss_unit="nats/byte",
+          dataset="pysource", overrides=(), width_fields=lambda w: {"n_embd": w},
+          accuracy=False, note="", cell_fields="examples.lora.study:cell_fields",
+          report_section="examples.lora.study:report_section"),
 )}
 
 # benchmark name -> (family, config name, label)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -160,15 +159,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> list[CompileRow]:
   """Runs the benchmark, prints the Markdown and writes the results folder."""
   args = parse_args(argv)
-  log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-  optimizers = [o for o in args.optimizers.split(",") if o]
-  rows = [r for m in args.models.split(",") if m
-          for r in run_model(m, optimizers, args.rounds, log=log)]
-  machine = report.machine_description()
-  text = markdown(rows, machine, args.rounds)
-  report.write_results(args.out, "compile_time", text,
-                       {"machine": machine, "rows": [dataclasses.asdict(r) for r in rows]})
-  print(text)
+  optimizers = report.names(args.optimizers)
+  rows = [r for m in report.names(args.models)
+          for r in run_model(m, optimizers, args.rounds, log=report.log_line)]
+  report.publish(args.out, "compile_time", rows,
+                 lambda machine: markdown(rows, machine, args.rounds))
   return rows
 
 

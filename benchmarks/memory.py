@@ -24,7 +24,6 @@ import dataclasses
 import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -299,13 +298,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs the memory benchmark, prints the Markdown and writes the results folder."""
   args = parse_args(argv)
-  log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-  models = [m for m in args.models.split(",") if m]
-  optimizers = [o for o in args.optimizers.split(",") if o]
-  compile_models = [m for m in args.compile_models.split(",") if m]
+  models, optimizers = report.names(args.models), report.names(args.optimizers)
+  compile_models = report.names(args.compile_models)
   param_trees = {m: tables.abstract_params(m) for m in dict.fromkeys(models + compile_models)}
   rows = state_rows(models, optimizers, param_trees)
-  comp = compiled_rows(compile_models, optimizers, param_trees, log)
+  comp = compiled_rows(compile_models, optimizers, param_trees, report.log_line)
   machine = report.machine_description()
 
   record = bandwidth_from_step_time(args.out)

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -276,10 +275,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> list[ModelResult]:
   """Runs the benchmark, prints the Markdown and writes the results folder."""
   args = parse_args(argv)
-  models = [m for m in args.models.split(",") if m]
-  optimizers = [o for o in args.optimizers.split(",") if o]
+  models, optimizers = report.names(args.models), report.names(args.optimizers)
   low_memory = {"auto": None, "on": True, "off": False}[args.low_memory]
-  log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
   if args.from_json:
     with open(args.from_json) as f:
       record = json.load(f)
@@ -289,7 +286,8 @@ def main(argv: Sequence[str] | None = None) -> list[ModelResult]:
   else:
     machine = report.machine_description()
     results = [run_model(m, optimizers, args.rounds, args.steps, low_memory=low_memory,
-                         first_repeats=args.first_repeats, log=log) for m in models]
+                         first_repeats=args.first_repeats, log=report.log_line)
+               for m in models]
   text = markdown(results, machine, args.rounds, args.steps)
   # Re-rendering from the record keeps the record as it was.
   report.write_results(args.out, "step_time", text,

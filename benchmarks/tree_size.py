@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import os
 import statistics
-import sys
 from collections.abc import Callable, Sequence
 
 import jax
@@ -145,19 +144,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> list[TreeSizeRow]:
   """Runs the benchmark, prints the Markdown and writes the results folder."""
   args = parse_args(argv)
-  log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-  optimizers = [o for o in args.optimizers.split(",") if o]
-  rows = [r for n in args.leaves.split(",") if n
+  optimizers = report.names(args.optimizers)
+  rows = [r for n in report.names(args.leaves)
           for r in measure(int(n), optimizers, args.rounds, args.steps, args.first_repeats,
-                           log=log)]
-  machine = report.machine_description()
-  text = markdown(rows, machine, args.rounds, args.steps)
-  report.write_results(args.out, "tree_size", text, {
-      "machine": machine, "rounds": args.rounds, "steps": args.steps,
-      "rows": [dataclasses.asdict(r) for r in rows]})
-  print(text)
+                           log=report.log_line)]
+  report.publish(args.out, "tree_size", rows,
+                 lambda machine: markdown(rows, machine, args.rounds, args.steps),
+                 rounds=args.rounds, steps=args.steps)
   return rows
-
 
 if __name__ == "__main__":
   main()

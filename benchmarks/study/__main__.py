@@ -4,6 +4,7 @@
     python -m benchmarks.study scaling_gpt2 --report-only      # rewrite from the log
     python -m benchmarks.study scaling_gpt2 --budgets 3000 --widths 64
     python -m benchmarks.study scaling_vit --optimizers sgd_sai_unnorm --widths 64
+    python -m benchmarks.study lora --optimizers full_adamw            # an arm of the spec
     python -m benchmarks.study scaling_gpt2 --measure-throughput   # throughput.json
 """
 
@@ -21,14 +22,13 @@ from benchmarks.study.specs import SPECS
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """The command line; returns the counts and the report's summary."""
-  from examples.common import optim
-
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("spec", choices=list(SPECS))
   parser.add_argument("--out", type=Path, default=None,
                       help="results folder (default: the spec's, under benchmarks/results)")
-  parser.add_argument("--optimizers", nargs="+", choices=list(optim.OPTIMIZERS),
-                      help="run only these (default: the spec's)")
+  parser.add_argument("--optimizers", nargs="+",
+                      help="run only these optimizers or arms of the spec (default: the "
+                      "spec's)")
   parser.add_argument("--budgets", type=int, nargs="+", help="run only these budgets")
   parser.add_argument("--widths", type=int, nargs="+", help="run only these widths")
   parser.add_argument("--report-only", action="store_true",
@@ -37,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       help="five 100-step AdamW cells: fit one by one vs one vmapped group")
   args = parser.parse_args(argv)
   spec = SPECS[args.spec]
+  if unknown := set(args.optimizers or ()) - set(spec.keys()):
+    parser.error(f"--optimizers: unknown {sorted(unknown)}; choose from {spec.keys()}")
   out = args.out or Path(spec.results_dir)
   command = "python -m benchmarks.study " + " ".join(argv if argv is not None else sys.argv[1:])
   if args.measure_throughput:

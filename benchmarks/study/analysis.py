@@ -96,7 +96,6 @@ def optimizer_stage(spec: Spec, rows: Sequence[dict[str, Any]], budget: int, wid
                     key: str) -> dict[str, Any] | None:
   """One optimizer at one stage: its seed-0 points, best cell, seeds and bands."""
   from benchmarks.study import planner
-  from examples.common import optim
 
   mine = {(r["k"], r.get("j", 0), r["seed"]): r for r in rows
           if r["budget"] == budget and r["width"] == width and r["optimizer"] == key}
@@ -115,7 +114,7 @@ def optimizer_stage(spec: Spec, rows: Sequence[dict[str, Any]], budget: int, wid
 
   points, acc_points = line("lr", line_j, lambda r: r["lr"])
   info: dict[str, Any] = {
-      "label": optim.OPTIMIZERS[key].label, "grid_done": best is not None,
+      "label": spec.arm(key).label, "grid_done": best is not None,
       "points": points,
       # Seed-0 val accuracy per learning rate, -inf where the cell diverged.
       "acc_points": acc_points,

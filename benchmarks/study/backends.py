@@ -1,11 +1,12 @@
 """Training backends: cells of one optimizer as one vmapped program, or one at a time.
 
-Both train the model's example task (``build_task``: model, data, loss) with the optimizer
-``examples.common.optim.task_optimizer`` assembles, as the example's ``fit`` does, and
-return one record per cell (:func:`train_cells`). ``vmap``: the members (learning rate,
-weight decay, seed) of one optimizer train together, each with its own initialisation and
-batches (pure functions of its seed and step); the schedule's value is fed to the step each
-step, so one compiled step serves every budget and learning rate of (optimizer, width).
+Both train the model's example task (``build_task``: model, data, loss, what is trainable)
+with the optimizer ``examples.common.optim.task_optimizer`` assembles, as the example's
+``fit`` does, and return one record per cell (:func:`train_cells`). ``vmap``: the members
+(learning rate, weight decay, seed) of one optimizer train together, each with its own
+initialisation of the task's trainable variables and its own batches (pure functions of its
+seed and step), the rest (a frozen base) shared; the schedule's value is fed to the step
+each step, so one compiled step serves every budget and learning rate of (optimizer, width).
 ``fit``: the example's own ``fit``, one cell after the other.
 """
 
@@ -55,7 +56,7 @@ def first_step_gsnr(spec: Spec, width: int) -> dict[str, Any]:
 
     task = build_task(spec, width, max(spec.budgets), "sgd_sai", 0)
     graphdef, params, rest = nnx.split(
-        task.make_model(nnx.Rngs(jax.random.PRNGKey(0))), nnx.Param, ...)
+        task.make_model(nnx.Rngs(jax.random.PRNGKey(0))), task.trainable, ...)
     cfg = task.config
     tx = optim.task_optimizer(task, planner_lib.default_hyperparameters(spec, "sgd_sai")[0]
                               / max(cfg.warmup_steps, 1))
@@ -90,13 +91,16 @@ def _programs(spec: Spec, width: int, key: str, task: Any) -> dict[str, Any]:
   cache_key = (spec.model, key, width, spec.dataset, spec.overrides)
   if cache_key in _PROGRAMS:
     return _PROGRAMS[cache_key]
+  # The task's trainable variables are the members' own (all parameters, or adapters);
+  # the rest (e.g. a frozen base) is built once and shared.
   graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: task.make_model(nnx.Rngs(0))),
-                             nnx.Param, ...)
-  rest = jax.jit(lambda: nnx.split(task.make_model(nnx.Rngs(0)), nnx.Param, ...)[2])()
+                             task.trainable, ...)
+  rest = jax.jit(lambda: nnx.split(task.make_model(nnx.Rngs(0)), task.trainable, ...)[2])()
 
   def init_member(seed):
     # The raw key data of ``jax.random.key(seed)``: the stream ``nnx.Rngs(seed)`` draws.
-    params = nnx.split(task.make_model(nnx.Rngs(jax.random.PRNGKey(seed))), nnx.Param, ...)[1]
+    params = nnx.split(task.make_model(nnx.Rngs(jax.random.PRNGKey(seed))), task.trainable,
+                       ...)[1]
     return params, optim.task_optimizer(task, 1.0, 0.0).init(params)
 
   def member_step(params, opt_state, lr, wd, batch, step):
@@ -211,10 +215,19 @@ def train_group(spec: Spec, budget: int, width: int, key: str, members: Sequence
             "group_cpu_s": round(time.process_time() - c0, 2),
             "group_train_s": round(time.perf_counter() - t_train, 2),
             "num_params": int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)) // k)}
+  fields = [_cell_fields(spec, tasks[seed], jax.tree.map(lambda x, i=i: x[i], params),
+                         jax.tree.map(lambda x, i=i: x[i], opt_state))
+            for i, (_, _, seed) in enumerate(members)]
   if partial is not None:
     log.drop_partial(partial)
-  return [{"lr": lr, "wd": wd, "seed": seed, **_record(cfg, curve[i]), **shared}
+  return [{"lr": lr, "wd": wd, "seed": seed, **_record(cfg, curve[i]), **shared, **fields[i]}
           for i, (lr, wd, seed) in enumerate(members)]
+
+
+def _cell_fields(spec: Spec, task: Any, params: Any, opt_state: Any) -> dict[str, Any]:
+  """The model's own facts about one trained cell (``Model.cell_fields``), if it has any."""
+  hook = spec.model_spec.hook("cell_fields")
+  return {} if hook is None else dict(hook(task, params, opt_state))
 
 
 def fit_cell(spec: Spec, budget: int, width: int, key: str, member: Member) -> dict[str, Any]:
@@ -238,7 +251,8 @@ def fit_cell(spec: Spec, budget: int, width: int, key: str, member: Member) -> d
   resolved = build_task(spec, width, budget, key, seed).config  # the data's outputs
   return {"lr": lr, "wd": wd, "seed": seed, **_record(resolved, curve), "group_size": 1,
           "group_wall_s": round(wall, 2), "group_cpu_s": round(time.process_time() - c0, 2),
-          "num_params": int(result["num_params"])}
+          "num_params": int(result["num_params"]),
+          **_cell_fields(spec, result["task"], result["params"], result["opt_state"])}
 
 
 def train_cells(spec: Spec, budget: int, width: int, key: str, members: Sequence[Member], *,
@@ -250,7 +264,8 @@ def train_cells(spec: Spec, budget: int, width: int, key: str, members: Sequence
     One record per member: ``lr``, ``wd``, ``seed``, final ``val_loss`` /
     ``val_accuracy`` / ``train_loss`` (``None`` where not finite), ``diverged``
     (:func:`benchmarks.study.analysis.diverged`), the ``curve`` (per evaluation: step,
-    mean train loss since the last one, val loss, val accuracy), the group's wall time.
+    mean train loss since the last one, val loss, val accuracy), the group's wall time,
+    and the model's ``cell_fields``.
   """
   if spec.backend == "fit":
     return [fit_cell(spec, budget, width, key, m) for m in members]

@@ -18,22 +18,29 @@ from benchmarks.study import analysis
 from benchmarks.study.spec import Spec
 
 
-def base_config(spec: Spec, width: int, budget: int, key: str, seed: int = 0) -> Any:
-  """The model's tiny config at this width, budget and optimizer (lr and wd set per cell)."""
+def _tiny_config(spec: Spec, key: str) -> Any:
+  """The model's tiny config with the spec's and then arm ``key``'s overrides."""
   cfg = spec.model_spec.module("configs").get_config("tiny")
+  return dataclasses.replace(cfg, **{**dict(spec.overrides), **dict(spec.arm(key).overrides)})
+
+
+def base_config(spec: Spec, width: int, budget: int, key: str, seed: int = 0) -> Any:
+  """The model's tiny config at this width, budget and optimizer or arm ``key`` (lr and wd
+  set per cell)."""
   warmup = max(1, round(spec.warmup_fraction * budget))
   return dataclasses.replace(
-      cfg, dataset=spec.dataset, steps=budget, warmup_steps=warmup, optimizer=key,
-      weight_decay=default_hyperparameters(spec, key)[1], seed=seed,
-      **spec.model_spec.width_fields(width), **dict(spec.overrides))
+      _tiny_config(spec, key), dataset=spec.dataset, steps=budget, warmup_steps=warmup,
+      optimizer=spec.arm(key).optimizer, weight_decay=default_hyperparameters(spec, key)[1],
+      seed=seed, **spec.model_spec.width_fields(width))
 
 
 def default_hyperparameters(spec: Spec, key: str) -> tuple[float, float]:
-  """The model's tiny default ``(learning rate, weight decay)`` of optimizer ``key``."""
+  """The default ``(learning rate, weight decay)`` of optimizer or arm ``key``: the model's
+  tiny config's, with the spec's and the arm's overrides."""
   from examples.common import optim
 
-  cfg = spec.model_spec.module("configs").get_config("tiny")
-  return optim.default_hyperparameters(cfg.optimizer_defaults, key)
+  return optim.default_hyperparameters(_tiny_config(spec, key).optimizer_defaults,
+                                       spec.arm(key).optimizer)
 
 
 def _sig3(x: float) -> float:
@@ -47,7 +54,7 @@ def lr_divisor(spec: Spec, width: int, key: str) -> float:
   ``normalize=True`` learning rates, and the two are the same optimizer when the learning
   rate is divided by the measured normaliser (:func:`benchmarks.study.backends.normaliser`).
   """
-  if key != "sgd_sai_unnorm":
+  if spec.arm(key).optimizer != "sgd_sai_unnorm":
     return 1.0
   from benchmarks.study import backends
 

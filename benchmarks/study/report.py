@@ -1,7 +1,8 @@
 """The one report writer: rebuilt from the whole log, with provenance in every output.
 
 ``table.md`` (best cells, gaps, sensitivity bands, the weight-decay axis where there is one,
-pending stages named, and the host, training time and command that produced the log),
+the model's own section where it declares one, pending stages named, and the host, training
+time and command that produced the log),
 ``summary.json`` (the spec, the same provenance and the analysis), ``gap.png`` and
 ``curves.png``. The report covers every cell in the log, whatever stages or optimizers the
 run that writes it was restricted to, and never trains anything.
@@ -62,10 +63,9 @@ def _f(x: Any, d: int = 3) -> str:
 
 
 def write_table(study: Spec, analysis: dict[str, Any], out: Path, meta: dict[str, Any],
-                own: Sequence[str] = ()) -> str:
-  """``table.md``: best cells, gaps and sensitivity per stage; not-yet-run stages named."""
-  from examples.common import optim
-
+                own: Sequence[str] = (), section: Sequence[str] = ()) -> str:
+  """``table.md``: best cells, gaps and sensitivity per stage; not-yet-run stages named;
+  ``section``: the model's own lines (:func:`model_section`)."""
   spec = study.model_spec
   acc = study.model_spec.accuracy  # accuracy columns beside the loss
   lines = [
@@ -99,7 +99,7 @@ def write_table(study: Spec, analysis: dict[str, Any], out: Path, meta: dict[str
       if info is None:
         if key not in own:  # an optional line (sgd_sai_unnorm) not run at this stage
           continue
-        lines.append(f"| {b} | {w} | {optim.OPTIMIZERS[key].label} | not yet run "
+        lines.append(f"| {b} | {w} | {study.arm(key).label} | not yet run "
                      + "| " * (8 if acc else 7) + "|")
         continue
       grid = ", ".join(  # each seed-0 point's loss (and accuracy)
@@ -151,6 +151,7 @@ def write_table(study: Spec, analysis: dict[str, Any], out: Path, meta: dict[str
   lines += _unnormalised_section(study, analysis)
   lines += _weight_decay_section(study, analysis)
   lines += _scales_section(study, out)
+  lines += section
   for name, t in analysis.get("trend", {}).items():
     width = name.rsplit("_w", 1)[1]
     zero = t["zero_at_steps"]
@@ -372,22 +373,29 @@ def _scales_section(study: Spec, out: Path) -> list[str]:
   return lines
 
 
+def model_section(study: Spec, analysis: dict[str, Any], rows: Sequence[dict[str, Any]]
+                  ) -> tuple[list[str], dict[str, Any]]:
+  """The model's own report section (``Model.report_section``): its ``table.md`` lines and
+  its facts for ``summary.json``; none for a model without one."""
+  section = study.model_spec.hook("report_section")
+  return section(study, analysis, rows) if section is not None and rows else ([], {})
+
+
 def covering(study: Spec, rows: Sequence[dict[str, Any]]) -> Spec:
   """``study`` widened to every optimizer, budget and width with a cell in ``rows``.
 
   The report covers the whole log, so that a run restricted to some stages or optimizers
   (``--budgets 3000 --widths 64``, ``--optimizers sgd_sai_unnorm``) rewrites the full
-  table, not only its own part. The spec's optimizers come first, then the log's others.
+  table, not only its own part. The spec's optimizers come first, then the log's others
+  (the optimizer table's order, then the arms').
   """
-  from examples.common import optim
-
   if study.stages is not None:
     return study
   logged = {r["optimizer"] for r in rows}
   widths = list(study.widths) + sorted({r["width"] for r in rows} - set(study.widths))
   return dataclasses.replace(
       study, optimizers=tuple(study.optimizers) + tuple(
-          k for k in optim.OPTIMIZERS if k in logged and k not in study.optimizers),
+          k for k in study.keys() if k in logged and k not in study.optimizers),
       budgets=tuple(sorted(set(study.budgets) | {r["budget"] for r in rows})),
       widths=tuple(widths))
 
@@ -419,10 +427,13 @@ def report(study: Spec, out: Path) -> dict[str, Any]:
     meta["train_size"], meta["train_unit"] = size
   if study.model == "gpt2" and (corpus := _corpus_meta(study)) is not None:
     meta["data"] = corpus
-  write_table(study, analysis, out, meta, own)
+  lines, facts = model_section(study, analysis, rows)
+  write_table(study, analysis, out, meta, own, lines)
   if rows:
     plot(study, analysis, out)
   summary = {"study": study.to_json(), **meta, **analysis}
+  if facts:
+    summary["model_section"] = facts
   for st in summary["stages"]:  # the curves stay in cells.jsonl
     for info in st["optimizers"].values():
       info.pop("curve", None)

@@ -5,7 +5,8 @@ A :class:`Spec` is data. Each optimizer's learning rates are half-decade points
 half-decade points ``j`` around its default weight decay, or, with ``decay_per_step``,
 around its default per-step decay ``lr x wd`` (``wd = that / lr``: SGD-SaI's learning rates
 are ~100x AdamW's, so its grid then compares with theirs point for point). A cell is
-(budget, width, optimizer, k, j, seed).
+(budget, width, optimizer, k, j, seed), where ``optimizer`` names an optimizer of the
+examples' table or one of the spec's :class:`Arm` (an optimizer with config overrides).
 """
 
 from __future__ import annotations
@@ -19,6 +20,24 @@ RESULTS_ROOT = "benchmarks/results"
 
 
 @dataclasses.dataclass(frozen=True)
+class Arm:
+  """A study arm that is not a plain optimizer: an optimizer run with config overrides.
+
+  Attributes:
+    name: what ``Spec.optimizers``, ``--optimizers`` and a cell's ``optimizer`` call it
+      (an optimizer's own key only for that optimizer: a relabelled plain arm).
+    optimizer: a key of ``examples.common.optim.OPTIMIZERS``.
+    overrides: config fields set on top of the spec's (``(("rank", 0),)``).
+    label: a readable name for tables and plots (``""``: the optimizer's).
+  """
+
+  name: str
+  optimizer: str
+  overrides: tuple[tuple[str, Any], ...] = ()
+  label: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Spec:
   """A study's axes and per-run settings.
 
@@ -26,7 +45,8 @@ class Spec:
     name: the spec's name (``python -m benchmarks.study NAME``).
     heading: the report's title (before the model's).
     model: a key of :data:`benchmarks._tables.MODELS`.
-    optimizers: keys of ``examples.common.optim.OPTIMIZERS``.
+    optimizers: keys of ``examples.common.optim.OPTIMIZERS`` or names of ``arms``.
+    arms: named arms beyond the plain optimizers (see :class:`Arm`).
     budgets: training steps (each with its own warmup and cosine decay).
     widths: the model's width axis (the first is the main width).
     lr_ks: half-decade learning-rate points around each optimizer's default.
@@ -52,6 +72,7 @@ class Spec:
   heading: str = "Budget-scaling study"
   model: str = "gpt2"
   optimizers: tuple[str, ...] = ("sgd_sai", "adamw", "sgdm")
+  arms: tuple[Arm, ...] = ()
   budgets: tuple[int, ...] = (100, 300, 1000, 3000)
   widths: tuple[int, ...] = (128, 64, 256)
   lr_ks: tuple[int, ...] = (-2, -1, 0, 1, 2)
@@ -80,10 +101,33 @@ class Spec:
       object.__setattr__(self, "dataset", self.model_spec.dataset)
     if self.overrides is None:
       object.__setattr__(self, "overrides", self.model_spec.overrides)
+    from examples.common import optim
+
+    for arm in self.arms:  # an optimizer's own name only for itself (relabelled)
+      if arm.optimizer not in optim.OPTIMIZERS or arm.name in set(optim.OPTIMIZERS) - {
+          arm.optimizer}:
+        raise ValueError(f"arm {arm.name!r}: its optimizer must be one of "
+                         f"{list(optim.OPTIMIZERS)}, its name not another one's")
+    if unknown := set(self.optimizers) - set(self.keys()):
+      raise ValueError(f"unknown optimizers or arms {sorted(unknown)}; "
+                       f"choose from {self.keys()}")
 
   @property
   def model_spec(self) -> Model:
     return MODELS[self.model]
+
+  def keys(self) -> list[str]:
+    """Every name a cell's ``optimizer`` may have: the optimizer table's, then the arms'."""
+    from examples.common import optim
+
+    return list(dict.fromkeys([*optim.OPTIMIZERS, *(a.name for a in self.arms)]))
+
+  def arm(self, key: str) -> Arm:
+    """The arm named ``key``; a plain optimizer is an arm without overrides."""
+    from examples.common import optim
+
+    arm = {a.name: a for a in self.arms}.get(key) or Arm(key, key)
+    return dataclasses.replace(arm, label=arm.label or optim.OPTIMIZERS[arm.optimizer].label)
 
   @property
   def results_dir(self) -> str:

@@ -1,7 +1,7 @@
 """LoRA fine-tuning configurations: the GPT-2 example's model fields plus the adapters.
 
 ``tiny``: the GPT-2 example's ``tiny`` model (4 layers, 128 wide, byte-level; context 64 to
-keep the sweep cheap on two shared CPU cores), pretrained for 300 steps on
+keep the study cheap on two shared CPU cores), pretrained for 300 steps on
 the ``pydoc`` corpus (English documentation) and fine-tuned on Python source code
 (``pysource``, see ``data.py``) with rank-8 adapters on every attention and MLP projection.
 """
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from examples.common.config import check_range
+from examples.common.config import ConfigError, check_range
 from examples.gpt2.configs import GPTConfig
 
-# sgd_sai, adamw, sgdm: the best learning rates of the sweep in examples/README.md (LoRA
-# rank 8, tiny, 100 steps, seed 0); the others are untuned guesses. No weight decay on the
-# adapters (a common LoRA recipe).
+# sgd_sai, adamw, sgdm: the best learning rates of the LoRA study (rank 8, tiny, 100 steps,
+# seed 0; `python -m benchmarks.study lora`, benchmarks/results/study/lora/table.md); the
+# others are untuned guesses. No weight decay on the adapters (a common LoRA recipe).
 _TINY_OPTIMIZERS = dict(
     learning_rates={"sgd_sai": 3.0, "adamw": 1e-2, "sgdm": 0.3, "adam": 1e-2, "lion": 1e-3,
                     "adafactor": 3e-2},
@@ -41,12 +41,18 @@ class LoRAConfig(GPTConfig):
   base_seed: int = 0
   base_dir: str = "runs/lora-base"
   base_data_dir: str | None = None
+  # ABLATION, not a recommendation: every A's gradient is zeroed (after clipping), so A is
+  # never captured and never moves, as under the released ``sgd-sai`` 1.0.3 (which stores
+  # g-SNR 0 for A, whose gradient is exactly zero at step 1). See ``pin_a_gradients``.
+  pin_a: bool = False
 
   def check(self) -> None:
     """The GPT-2 fields' checks plus the adapters' and the base recipe's."""
     super().check()
     check_range("rank", self.rank, low=0)
     check_range("base_steps", self.base_steps, low=1)
+    if self.pin_a and self.rank == 0:
+      raise ConfigError("needs adapters (rank > 0): full fine-tuning has no A", "pin_a")
 
 
 CONFIGS = ("tiny",)

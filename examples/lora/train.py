@@ -12,7 +12,9 @@ runs reuse it. Without ``--workdir`` the command line writes to
 ``runs/lora-<config>-<optimizer>-r<rank>``. Fine-tuning then trains only the adapters
 (``nnx.LoRAParam``; the base ``nnx.Param`` weights are frozen and get no optimizer state)
 on Python source code.
-``--rank 0`` fine-tunes every parameter instead (the full fine-tuning ceiling).
+``--rank 0`` fine-tunes every parameter instead (the full fine-tuning ceiling);
+``--pin-a`` zeroes A's gradient (an ablation: the released ``sgd-sai`` 1.0.3's training of
+LoRA). The study of these arms is ``python -m benchmarks.study lora``.
 
 In Python: ``train(get_config("tiny"), optimizer="sgd_sai", workdir=..., steps=100)``.
 """
@@ -148,6 +150,24 @@ def _adapter_decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda _: True, params)
 
 
+def pin_a_gradients() -> optax.GradientTransformation:
+  """ABLATION, not a fix (``LoRAConfig.pin_a``): zero every LoRA ``A`` gradient.
+
+  This reproduces what the released ``sgd-sai`` 1.0.3 does with the standard LoRA
+  initialisation: A's gradient is exactly zero at step 1 (B = 0), so 1.0.3 stores a g-SNR
+  of 0 for A and A's update is weight decay only, forever. With A's gradient zeroed,
+  optax_sai never captures A (its scale stays 0) and A only decays: the same training. The
+  task inserts it after gradient clipping, so the clipping norm still counts A's gradient,
+  as a clipping step before the 1.0.3 optimizer would.
+  """
+
+  def is_a(params: Any) -> Any:
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: optim.path_str(path).endswith("lora_a"), params)
+
+  return optax.masked(optax.set_to_zero(), is_a)
+
+
 # --- the task -----------------------------------------------------------------------------
 
 
@@ -156,17 +176,15 @@ def build_task(
     optimizer: str | None = None,
     *,
     base: dict | None = None,
-    grad_mask: optax.GradientTransformation | None = None,
     progress: bool | None = None,
 ) -> training.Task:
   """The fine-tuning task: base loaded (or pretrained), adapters added, data, loss.
 
   Args:
-    config: the run's config.
+    config: the run's config (``pin_a``: the 1.0.3 ablation, :func:`pin_a_gradients`
+      after gradient clipping and before the optimizer).
     optimizer: overrides ``config.optimizer``.
     base: the base parameters (a pure dict); default: :func:`ensure_base`.
-    grad_mask: an ablation inserted after gradient clipping and before the optimizer (see
-      ``examples/lora/sweep.py``); ``None`` for the real runs.
     progress: the tqdm bar of a base pretraining run.
 
   Returns:
@@ -199,11 +217,11 @@ def build_task(
     return add_adapters(model, cfg.rank, rngs) if cfg.rank > 0 else model
 
   wrap = None
-  if grad_mask is not None or cfg.optimizer == "sgd_sai":
+  if cfg.pin_a or cfg.optimizer == "sgd_sai":
 
     def wrap(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-      if grad_mask is not None:
-        tx = optax.chain(grad_mask, tx)
+      if cfg.pin_a:
+        tx = optax.chain(pin_a_gradients(), tx)
       return track_capture_steps(tx) if cfg.optimizer == "sgd_sai" else tx
 
   return training.Task(
@@ -291,7 +309,6 @@ def train(
     workdir: str | Path | None = None,
     steps: int | None = None,
     *,
-    grad_mask: optax.GradientTransformation | None = None,
     base: dict | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
@@ -299,11 +316,9 @@ def train(
   their :func:`adapter_summary` and the :func:`state_bytes`.
 
   Keyword arguments (``resume``, ``resume_step``, ``mesh``, ``stop_after``, ``progress``)
-  are those of :func:`examples.common.training.fit`; ``grad_mask`` and ``base`` those of
-  :func:`build_task`.
+  are those of :func:`examples.common.training.fit`; ``base`` that of :func:`build_task`.
   """
-  build = functools.partial(build_task, base=base, grad_mask=grad_mask,
-                            progress=kwargs.get("progress"))
+  build = functools.partial(build_task, base=base, progress=kwargs.get("progress"))
   result = training.train(build, config, optimizer, workdir, steps, **kwargs)
   result.setdefault("adapters", {})  # full fine-tuning (rank 0) has none
   result.update(adapter_summary(result["adapters"]))

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.study import __main__ as cli
 from benchmarks.study import analysis, backends, log, planner, report, runner
-from benchmarks.study.spec import Spec, cell_id
+from benchmarks.study.spec import Arm, Spec, cell_id
 from benchmarks.study.specs import SPECS
+from benchmarks.study.specs import lora as lora_specs
 from examples.common import optim
 
 # A trivial size: a one-layer, width-16 model on the built-in pydoc corpus, a few steps.
@@ -125,9 +127,9 @@ def test_grids_come_from_the_optimizer_table_and_the_example_defaults():
 
 
 def test_every_spec_names_known_optimizers_and_models():
-  assert {"scaling_gpt2", "scaling_vit", "lr_wd_gpt2", "kinds_cnn"} <= set(SPECS)
+  assert {"scaling_gpt2", "scaling_vit", "lr_wd_gpt2", "kinds_cnn", "lora"} <= set(SPECS)
   for spec in SPECS.values():
-    assert set(spec.optimizers) <= set(optim.OPTIMIZERS)
+    assert {spec.arm(k).optimizer for k in spec.optimizers} <= set(optim.OPTIMIZERS)
   assert SPECS["scaling_gpt2"].results_dir == "benchmarks/results/study_scaling/gpt2"
   assert SPECS["kinds_cnn"].results_dir == "benchmarks/results/study/kinds_cnn"
 
@@ -313,3 +315,143 @@ def test_stdlib_corpus_is_split_by_file_and_skips_site_packages(tmp_path):
     assert meta[f"{split}_tokens"] == len(expected)
   assert meta["train_files"] + meta["val_files"] == len(files)  # site-packages skipped
   assert data_lib.load_meta(tmp_path / "out")["vocab_size"] == 256
+
+
+def _lora_row(key, k, seed, loss, **fields):
+  return {"id": cell_id(100, 128, key, k, 0, seed), "budget": 100, "width": 128,
+          "optimizer": key, "k": k, "j": 0, "seed": seed, "val_loss": loss,
+          "diverged": False, "wd": 0.0, **fields}
+
+
+def test_lora_spec_plans_its_five_arms_then_two_seeds_at_each_best():
+  spec = SPECS["lora"]
+  assert spec.stage_list() == [(100, 128)]
+  # Half a decade around the pinned centres (3, 1e-2, 0.3; AdamW's for both of its arms).
+  grids = {"sgd_sai": [0.3, 0.949, 3.0, 9.49, 30.0], "adamw": [1e-3, 3.16e-3, 1e-2, 3.16e-2, 0.1],
+           "sgdm": [0.03, 0.0949, 0.3, 0.949, 3.0]}
+  grids.update(full_adamw=grids["adamw"], sgd_sai_pinned_a=grids["sgd_sai"])
+  assert list(spec.optimizers) == list(grids)
+  for key, lrs in grids.items():
+    assert planner.grid_state(spec, [], 100, 128, key)["next"] == [(k, 0, 0)
+                                                                   for k in (-2, -1, 0, 1, 2)]
+    assert [planner.learning_rate(spec, 128, key, k) for k in (-2, -1, 0, 1, 2)] == lrs
+    assert planner.weight_decay(spec, 128, key, 0, lrs[2]) == 0.0
+  # Interior best: seeds 1 and 2 there. Best on the low edge: one point beyond it first.
+  rows = [_lora_row("full_adamw", k, 0, loss) for k, loss in zip(
+      (-2, -1, 0, 1, 2), (2.5, 2.4, 2.45, 2.6, 3.0), strict=True)]
+  assert planner.grid_state(spec, rows, 100, 128, "full_adamw")["next"] == [(-1, 0, 1),
+                                                                           (-1, 0, 2)]
+  rows = [_lora_row("sgdm", k, 0, 2.5 + k / 10) for k in (-2, -1, 0, 1, 2)]
+  assert planner.grid_state(spec, rows, 100, 128, "sgdm")["next"] == [(-3, 0, 0)]
+
+
+def test_lora_arms_overrides_reach_the_config():
+  spec = SPECS["lora"]
+  expected = {"sgd_sai": ("sgd_sai", 8, False), "adamw": ("adamw", 8, False),
+              "sgdm": ("sgdm", 8, False), "full_adamw": ("adamw", 0, False),
+              "sgd_sai_pinned_a": ("sgd_sai", 8, True)}
+  for key, (optimizer, rank, pin_a) in expected.items():
+    cfg = planner.base_config(spec, 128, 100, key, seed=2)
+    assert (cfg.optimizer, cfg.rank, cfg.pin_a) == (optimizer, rank, pin_a), key
+    assert (cfg.n_embd, cfg.steps, cfg.warmup_steps, cfg.seed, cfg.dataset) == (
+        128, 100, 10, 2, "pysource")
+  assert spec.arm("full_adamw").label == "AdamW, full fine-tuning"
+  # An arm names a table optimizer; it may reuse only its own optimizer's name.
+  with pytest.raises(ValueError, match="arm 'adamw'"):
+    Spec("bad", arms=(Arm("adamw", "sgd_sai"),))
+  with pytest.raises(ValueError, match="unknown optimizers or arms"):
+    Spec("bad", optimizers=("full_adamw",))
+  # The command line takes the spec's arms and refuses names that are neither.
+  with pytest.raises(SystemExit):
+    cli.main(["lora", "--optimizers", "full_sgdm", "--report-only"])
+
+
+def test_lora_report_section_from_a_synthetic_log(tmp_path, monkeypatch):
+  """LoRA's own columns at each arm's best point, numbers worked out by hand."""
+  lora = {"rank": 8, "base_val_loss": 2.7, "trainable_bytes": 400_000}
+  arms = {  # seed-0 losses at k = -1, 0, 1; seed 1 at the best (k = 0); per-seed extras
+      "sgd_sai": ((2.60, 2.55, 2.70), 2.57, dict(opt_state_bytes=404_000, a_blocks=16),
+                  ({"a_captured": 16, "a_capture_step_max": 2, "a_rel_change_mean": 0.05},
+                   {"a_captured": 16, "a_capture_step_max": 2, "a_rel_change_mean": 0.07})),
+      "adamw": ((2.50, 2.45, 2.48), 2.47, dict(opt_state_bytes=800_000),
+                ({"a_rel_change_mean": 0.5}, {"a_rel_change_mean": 0.6})),
+      "full_adamw": ((2.40, 2.38, 2.39), 2.36, dict(rank=0, trainable_bytes=4_000_000,
+                                                    opt_state_bytes=8_000_000), ({}, {})),
+      "sgd_sai_pinned_a": ((2.61, 2.58, 2.75), 2.60, dict(opt_state_bytes=404_000, a_blocks=16),
+                           ({"a_captured": 0, "a_capture_step_max": -1,
+                             "a_rel_change_mean": 0.0},) * 2),
+  }
+  rows = []
+  for key, (losses, seed1, common, per_seed) in arms.items():
+    for k, loss in zip((-1, 0, 1), losses, strict=True):
+      lr = planner.learning_rate(SPECS["lora"], 128, key, k)
+      rows.append(_lora_row(key, k, 0, loss, lr=lr, **{**lora, **common, **per_seed[0]}))
+    rows.append(_lora_row(key, 0, 1, seed1, lr=rows[-2]["lr"],
+                          **{**lora, **common, **per_seed[1]}))
+  rows.append({**rows[0], "id": "other", "k": 2, "lr": 30.0, "a_captured": 5})  # not at best
+  for r in rows:
+    r.update(val_accuracy=0.3, curve=[[100, r["val_loss"], r["val_loss"], 0.3]],
+             group_wall_s=1.0, finished="t")
+  log.append_cells(tmp_path, rows)
+  monkeypatch.setattr(report, "host_line", lambda: "x86_64, 2 CPU cores")
+  spec = dataclasses.replace(SPECS["lora"], lr_ks=(-1, 0, 1), max_extend=0, seeds_best=(1,))
+  summary = report.report(spec, tmp_path)
+  table = (tmp_path / "table.md").read_text()
+  assert "Base model before fine-tuning: val loss 2.700 on the fine-tuning data." in table
+  # State shares of full fine-tuning with AdamW's 8,000,000 bytes: 404,000 -> 5.05%,
+  # 800,000 -> 10.00%; A moved: seed means (0.05 + 0.07) / 2 and (0.5 + 0.6) / 2.
+  for line in (
+      "| 100 | 128 | SGD-SaI, LoRA r=8 | adapters, rank 8 | 400,000 | 404,000 | 5.05% | 2 | "
+      "0.06 |",
+      "| 100 | 128 | AdamW, LoRA r=8 | adapters, rank 8 | 400,000 | 800,000 | 10.00% | — | "
+      "0.55 |",
+      "| 100 | 128 | AdamW, full fine-tuning | all parameters | 4,000,000 | 8,000,000 | "
+      "100.00% | — | — |",
+      "| 100 | 128 | SGD-SaI, LoRA r=8, A pinned (1.0.3; ablation) | adapters, rank 8 | "
+      "400,000 | 404,000 | 5.05% | never | 0 |"):
+    assert line in table, line
+  assert "SGD-momentum, LoRA r=8 | adapters" not in table  # not logged: no line
+  facts = summary["model_section"]
+  assert facts["base_val_loss"] == [2.7]
+  arms_out = facts["stages"][0]["arms"]
+  assert arms_out["sgd_sai"]["state_share_of_full_adamw"] == pytest.approx(0.0505)
+  assert arms_out["sgd_sai"]["a_rel_change_mean"] == pytest.approx(0.06)
+  assert arms_out["sgd_sai_pinned_a"]["a_captured_at"] == ["never", "never"]
+  # The engine's own table: sgd_sai's best is 3 (its k = 0), seed mean (2.55 + 2.57) / 2.
+  assert "| 100 | 128 | SGD-SaI, LoRA r=8 | 3 | 0,1 | 2.560 | [2.550, 2.570] |" in table
+  # The vit fixture's model declares no section: nothing is added to its report.
+  assert report.model_section(Spec("v", model="vit"), {"stages": []}, rows) == ([], {})
+
+
+@pytest.mark.slow
+def test_lora_arms_train_in_a_vmapped_group_as_fit_does(tmp_path):
+  """LoRA's trainable variables are the members' (the base is shared and frozen): a group
+  of the pinned-A arm and one of full fine-tuning equal the example's ``fit``."""
+  spec = Spec("micro_lora", model="lora", arms=lora_specs.ARMS,
+              optimizers=("sgd_sai_pinned_a", "full_adamw"), budgets=(3,), widths=(16,),
+              lr_ks=(0,), max_extend=0, seeds_best=(), seeds_best_largest=(), evals=1,
+              overrides=(("n_layer", 1), ("n_head", 2), ("block_size", 16),
+                         ("batch_size", 4), ("eval_batches", 1), ("base_steps", 5),
+                         ("base_dir", str(tmp_path / "base")),
+                         ("learning_rates", lora_specs.CENTRES)))
+  fit_spec = dataclasses.replace(spec, backend="fit")
+  for key in spec.optimizers:
+    members = [(planner.learning_rate(spec, 16, key, 0), 0.0, 0),
+               (planner.learning_rate(spec, 16, key, -1), 0.0, 1)]
+    group = backends.train_group(spec, 3, 16, key, members, log_fn=quiet)
+    assert group[0]["val_loss"] != group[1]["val_loss"]
+    for member, row in zip(members[1:], group[1:], strict=True):  # lr k = -1, seed 1
+      fit = backends.train_cells(fit_spec, 3, 16, key, [member])[0]
+      assert row["val_loss"] == pytest.approx(fit["val_loss"], rel=1e-4)
+      assert row["num_params"] == fit["num_params"]
+      assert row["base_val_loss"] == fit["base_val_loss"]
+      if key == "sgd_sai_pinned_a":
+        # Rank-8 adapters on 1 layer of width 16: A 16x8 and B 8x(48, 16, 64, 16) for
+        # c_attn, attn c_proj, c_fc, mlp c_proj; and 64x8 for the last A.
+        assert row["num_params"] == 3 * 16 * 8 + 64 * 8 + 8 * (48 + 16 + 64 + 16)
+        assert (row["a_captured"], row["a_rel_change_mean"]) == (0, 0.0)
+        assert fit["a_captured"] == 0 and fit["a_rel_change_mean"] == 0.0
+        assert row["b_norm_mean"] == pytest.approx(fit["b_norm_mean"], rel=1e-4)
+      else:
+        assert row["rank"] == 0 and row["trainable_bytes"] == row["params_bytes"]
+        assert row["num_params"] * 4 == row["trainable_bytes"]

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from examples.common import checkpoint, metrics, optim, training
-from examples.lora import configs, sweep
+from examples.lora import configs
 from examples.lora import train as lora_train
 
 STEPS = 4
@@ -94,11 +94,10 @@ def test_lora_trains_adapters_only_captures_a_at_step_2_and_resumes(micro_lora, 
 
 @pytest.mark.slow
 def test_pinned_a_scale_never_captures_or_moves_a(micro_lora):
-  # The sgd-sai 1.0.3 rule (A's g-SNR stored as 0 at step 1) emulated by the sweep's
-  # labelled mask: A keeps its initial value, B still trains.
-  cfg = dataclasses.replace(micro_lora, steps=3)
-  out = lora_train.train(cfg, "sgd_sai", None, grad_mask=sweep.pin_a_scale_at_zero(),
-                         progress=False)
+  # The sgd-sai 1.0.3 rule (A's g-SNR stored as 0 at step 1) emulated by the config's
+  # labelled ablation (pin_a: A's gradient zeroed): A keeps its initial value, B trains.
+  cfg = dataclasses.replace(micro_lora, steps=3, pin_a=True)
+  out = lora_train.train(cfg, "sgd_sai", None, progress=False)
   init = _flat(training.init_params(lora_train.build_task(cfg, "sgd_sai")))
   for path, value in _flat(out["params"]).items():
     if path.endswith("lora_a"):
@@ -129,3 +128,11 @@ def test_cli_announces_pretraining_and_keeps_outputs_by_default(
   # The cached base is reused: no second announcement.
   lora_train.main([*argv, "--workdir", str(tmp_path / "again")])
   assert "the base model first" not in capsys.readouterr().err
+
+
+def test_pin_a_needs_adapters():
+  from examples.common.config import ConfigError
+
+  with pytest.raises(ConfigError, match="pin_a: needs adapters"):
+    dataclasses.replace(configs.get_config("tiny"), rank=0, pin_a=True)
+  assert dataclasses.replace(configs.get_config("tiny"), pin_a=True).pin_a
