@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.study.spec import Spec
-from benchmarks.study.specs import kinds, lora, lr_wd, scaling
+from benchmarks.study.specs import documented, kinds, lora, lr_wd, scaling
 
-SPECS: dict[str, Spec] = {s.name: s for m in (scaling, lr_wd, kinds, lora) for s in m.SPECS}
+SPECS: dict[str, Spec] = {s.name: s for m in (scaling, lr_wd, kinds, lora, documented)
+                      for s in m.SPECS}
