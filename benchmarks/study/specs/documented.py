@@ -5,12 +5,20 @@ SGD-SaI (``normalize=True``) at peak learning rate 1 and the library's default w
 tiny GPT-2 and the tiny ViT at 1,000 steps (width 64) and the small CNN at 300 steps (width
 32), two seeds: the budgets and widths of the learning-rate x weight-decay and kinds studies,
 whose tuned bests it is compared with (``docs/guides/study.md``). One point, no grid.
+
+``documented_vit_zero_head`` applies the documented rule for a zero-initialised head (the
+ViT's): divide the learning rate by the largest g-SNR scale read after the second step,
+4.38 for this ViT (``benchmarks/results/study/kinds_vit/scales.json``; the body is captured
+at step 2 and divided by the head's g-SNR), and keep ``lr x wd`` = 1e-3 per step.
 """
 
 from benchmarks._tables import MODELS
 from benchmarks.study.spec import Spec
 
 SETTING = (("learning_rates", (("sgd_sai", 1.0),)), ("weight_decays", (("sgd_sai", 1e-3),)))
+ZERO_HEAD_MAX_SCALE = 4.38  # the tiny ViT's largest scale after step 2 (kinds_vit/scales.json)
+ZERO_HEAD_SETTING = (("learning_rates", (("sgd_sai", 1.0 / ZERO_HEAD_MAX_SCALE),)),
+                     ("weight_decays", (("sgd_sai", 1e-3 * ZERO_HEAD_MAX_SCALE),)))
 
 SPECS = tuple(
     Spec(f"documented_{model}", heading="Documented settings", model=model,
@@ -18,4 +26,10 @@ SPECS = tuple(
          max_extend=0, seeds_best=(1,), seeds_best_largest=(1,),
          overrides=(*MODELS[model].overrides, *SETTING),
          note="One point: peak lr 1 and weight decay 1e-3, the README quick start's setting.")
-    for model, budget, width in (("gpt2", 1000, 64), ("vit", 1000, 64), ("cnn", 300, 32)))
+    for model, budget, width in (("gpt2", 1000, 64), ("vit", 1000, 64), ("cnn", 300, 32))) + (
+    Spec("documented_vit_zero_head", heading="Documented settings, zero-head rule",
+         model="vit", optimizers=("sgd_sai",), lr_ks=(0,), wd_ks=(0,), budgets=(1000,),
+         widths=(64,), max_extend=0, seeds_best=(1,), seeds_best_largest=(1,),
+         overrides=(*MODELS["vit"].overrides, *ZERO_HEAD_SETTING),
+         note="One point: lr 1 / 4.38 (the largest scale after step 2) and lr x wd = 1e-3."),
+)
