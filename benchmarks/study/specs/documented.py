@@ -15,21 +15,24 @@ at step 2 and divided by the head's g-SNR), and keep ``lr x wd`` = 1e-3 per step
 from benchmarks._tables import MODELS
 from benchmarks.study.spec import Spec
 
-SETTING = (("learning_rates", (("sgd_sai", 1.0),)), ("weight_decays", (("sgd_sai", 1e-3),)))
 ZERO_HEAD_MAX_SCALE = 4.38  # the tiny ViT's largest scale after step 2 (kinds_vit/scales.json)
-ZERO_HEAD_SETTING = (("learning_rates", (("sgd_sai", 1.0 / ZERO_HEAD_MAX_SCALE),)),
-                     ("weight_decays", (("sgd_sai", 1e-3 * ZERO_HEAD_MAX_SCALE),)))
+
+
+def _point(name: str, model: str, budget: int, width: int, lr: float, heading: str,
+           note: str) -> Spec:
+  """One SGD-SaI cell (two seeds) at ``lr`` and ``lr x wd`` = 1e-3 per step."""
+  setting = (("learning_rates", (("sgd_sai", lr),)), ("weight_decays", (("sgd_sai", 1e-3 / lr),)))
+  return Spec(name, heading=heading, model=model, optimizers=("sgd_sai",), lr_ks=(0,),
+              wd_ks=(0,), budgets=(budget,), widths=(width,), max_extend=0, seeds_best=(1,),
+              seeds_best_largest=(1,), overrides=(*MODELS[model].overrides, *setting),
+              note=note)
+
 
 SPECS = tuple(
-    Spec(f"documented_{model}", heading="Documented settings", model=model,
-         optimizers=("sgd_sai",), lr_ks=(0,), wd_ks=(0,), budgets=(budget,), widths=(width,),
-         max_extend=0, seeds_best=(1,), seeds_best_largest=(1,),
-         overrides=(*MODELS[model].overrides, *SETTING),
-         note="One point: peak lr 1 and weight decay 1e-3, the README quick start's setting.")
+    _point(f"documented_{model}", model, budget, width, 1.0, "Documented settings",
+           "One point: peak lr 1 and weight decay 1e-3, the README quick start's setting.")
     for model, budget, width in (("gpt2", 1000, 64), ("vit", 1000, 64), ("cnn", 300, 32))) + (
-    Spec("documented_vit_zero_head", heading="Documented settings, zero-head rule",
-         model="vit", optimizers=("sgd_sai",), lr_ks=(0,), wd_ks=(0,), budgets=(1000,),
-         widths=(64,), max_extend=0, seeds_best=(1,), seeds_best_largest=(1,),
-         overrides=(*MODELS["vit"].overrides, *ZERO_HEAD_SETTING),
-         note="One point: lr 1 / 4.38 (the largest scale after step 2) and lr x wd = 1e-3."),
+    _point("documented_vit_zero_head", "vit", 1000, 64, 1.0 / ZERO_HEAD_MAX_SCALE,
+           "Documented settings, zero-head rule",
+           "One point: lr 1 / 4.38 (the largest scale after step 2) and lr x wd = 1e-3."),
 )
