@@ -46,7 +46,7 @@ def first_step_gsnr(spec: Spec, width: int) -> dict[str, Any]:
   learning rate's first warmup value) on the task's first batches, read back with
   ``optax_sai.find_gsnr_state`` and ``optim.gsnr_table``.
   """
-  cache_key = (spec.model, width, spec.dataset, spec.overrides)
+  cache_key = (spec.model, spec.axis, width, spec.dataset, spec.overrides)
   if cache_key not in _FIRST_STEPS:
     import jax
     from flax import nnx
@@ -88,7 +88,7 @@ def _programs(spec: Spec, width: int, key: str, task: Any) -> dict[str, Any]:
 
   from examples.common import optim, training
 
-  cache_key = (spec.model, key, width, spec.dataset, spec.overrides)
+  cache_key = (spec.model, spec.axis, key, width, spec.dataset, spec.overrides)
   if cache_key in _PROGRAMS:
     return _PROGRAMS[cache_key]
   # The task's trainable variables are the members' own (all parameters, or adapters);

@@ -31,7 +31,7 @@ def base_config(spec: Spec, width: int, budget: int, key: str, seed: int = 0) ->
   return dataclasses.replace(
       _tiny_config(spec, key), dataset=spec.dataset, steps=budget, warmup_steps=warmup,
       optimizer=spec.arm(key).optimizer, weight_decay=default_hyperparameters(spec, key)[1],
-      seed=seed, **spec.model_spec.width_fields(width))
+      seed=seed, **({spec.axis: width} if spec.axis else spec.model_spec.width_fields(width)))
 
 
 def default_hyperparameters(spec: Spec, key: str) -> tuple[float, float]:
@@ -70,12 +70,12 @@ def learning_rate(spec: Spec, width: int, key: str, k: int) -> float:
 def weight_decay(spec: Spec, width: int, key: str, j: int, lr: float) -> float:
   """Point ``j`` of the weight-decay axis for a cell at learning rate ``lr``.
 
-  The default x ``10**(j/2)``; with ``decay_per_step``, the default per-step decay
+  The default x ``10**(j/2)``; where ``spec.per_step(key)``, the default per-step decay
   (default lr / divisor x default wd) x ``10**(j/2)``, divided by ``lr``. 3 significant
   digits.
   """
   default_lr, wd = default_hyperparameters(spec, key)
-  if not spec.decay_per_step:
+  if not spec.per_step(key):
     return _sig3(wd * 10 ** (j / 2))
   per_step = default_lr / lr_divisor(spec, width, key) * wd * 10 ** (j / 2)
   return _sig3(per_step / lr)

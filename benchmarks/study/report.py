@@ -79,12 +79,12 @@ def write_table(study: Spec, analysis: dict[str, Any], out: Path, meta: dict[str
       "the per-seed paired differences (same seed = same initialisation and batches). "
       "Stages marked *partial* are still running.",
       "",
-      "| steps | width | optimizer | best lr | seeds | val loss | seed range | "
+      f"| steps | {study.axis_name} | optimizer | best lr | seeds | val loss | seed range | "
       + ("val acc % | " if acc else "")
       + "grid (seed 0) | extended | band 2% (dec) | band 5% (dec) |",
       "|---|---|---|---|---|---|---|" + ("---|" if acc else "") + "---|---|---|---|",
   ]
-  gaps = ["", "| steps | width | sgd_sai - adamw [paired range] | sgd_sai - sgdm "
+  gaps = ["", f"| steps | {study.axis_name} | sgd_sai - adamw [paired range] | sgd_sai - sgdm "
           "[paired range] | "
           + ("accuracy points vs adamw | vs sgdm | " if acc else "") + "status |",
           "|---|---|---|---|" + ("---|---|" if acc else "") + "---|"]
@@ -132,7 +132,7 @@ def write_table(study: Spec, analysis: dict[str, Any], out: Path, meta: dict[str
           "(5%) of its best final loss ('>=': the band reaches the grid's edge)"
           + ("; for the accuracy, within 2 (5) points of its best accuracy" if acc else "")
           + ".", "",
-          "| steps | width | " + " | ".join(study.optimizers)
+          f"| steps | {study.axis_name} | " + " | ".join(study.optimizers)
           + "".join(f" | {k}, accuracy" for k in study.optimizers if acc) + " |",
           "|---|---|" + "---|" * len(study.optimizers) * (2 if acc else 1)]
   for st in analysis["stages"]:
@@ -172,7 +172,7 @@ def write_table(study: Spec, analysis: dict[str, Any], out: Path, meta: dict[str
         + f" ({meta.get('train_size', 0):,} {meta.get('train_unit', '')})."]
   if missing:
     lines += ["", "Not yet run (pending; each is queued in the order listed, cheapest first): "
-              + ", ".join(f"{b} steps at width {w}" for b, w in missing) + "."]
+              + ", ".join(f"{b} steps at {study.axis_name} {w}" for b, w in missing) + "."]
   note = study.note or study.model_spec.note
   lines += ["", note, ""] if note else [""]
   lines += [
@@ -208,7 +208,7 @@ def _unnormalised_section(study: Spec, analysis: dict[str, Any]) -> list[str]:
       "weights decay (lr x wd per step), which at sgd_sai's tuned learning rates is "
       "normaliser times weaker here. Differences of seed means, [per-seed paired range].",
       "",
-      "| steps | width | normaliser | unnorm - sgd_sai | unnorm - adamw | "
+      f"| steps | {study.axis_name} | normaliser | unnorm - sgd_sai | unnorm - adamw | "
       + ("points vs sgd_sai | points vs adamw | " if acc else "") + "status |",
       "|---|---|---|---|---|" + ("---|---|" if acc else "") + "---|"]
   for st in stages:
@@ -266,7 +266,7 @@ def plot(study: Spec, analysis: dict[str, Any], out: Path) -> list[Path]:
         unnorm = lhs != "sgd_sai"
         ax.errorbar([b for b, _ in pts], mean, yerr=err, marker="s" if unnorm else "o",
                     capsize=3, ls="--" if unnorm else "-",
-                    label=f"width {width}" + (", normalize=False (wd / normaliser)"
+                    label=f"{study.axis_name} {width}" + (", normalize=False (wd / normaliser)"
                                               if unnorm else ""))
       ax.axhline(0.0, color="grey", lw=0.8)
       ax.set_xscale("log")
@@ -294,7 +294,7 @@ def plot(study: Spec, analysis: dict[str, Any], out: Path) -> list[Path]:
         line = ax.plot([p[0] for p in c], [p[1] for p in c], "--", alpha=0.6)[0]
         ax.plot([p[0] for p in c], [p[2] for p in c], "o-", color=line.get_color(),
                 label=f"{key} lr {info['best_lr']:g}")
-      ax.set(title=f"{st['budget']} steps, width {main_width}", xlabel="step",
+      ax.set(title=f"{st['budget']} steps, {study.axis_name} {main_width}", xlabel="step",
              ylabel="loss (o val, -- train)")
       ax.grid(alpha=0.3)
       ax.legend(fontsize=7)
@@ -325,12 +325,15 @@ def _weight_decay_section(study: Spec, analysis: dict[str, Any]) -> list[str]:
   """The weight-decay axis, where the spec has one: each best point's line along it."""
   if len(study.wd_ks) < 2:
     return []
-  per_step = " (lr x wd per step)" if study.decay_per_step else ""
+  per_step = ("" if not study.decay_per_step else " (lr x wd per step)"
+              if study.decay_per_step is True else
+              f" (lr x wd per step for {', '.join(study.decay_per_step)})")
   lines = ["", f"Weight-decay axis{per_step}: each optimizer's seed-0 points along the "
            "weight decay at its best learning rate; band = decades of weight decay within "
            "2% (5%) of the best loss.", "",
-           "| steps | width | optimizer | best lr | best wd | lr x wd | grid (seed 0) | "
-           "extended | band 2% / 5% (dec) |", "|---|---|---|---|---|---|---|---|---|"]
+           f"| steps | {study.axis_name} | optimizer | best lr | best wd | lr x wd | "
+           "grid (seed 0) | extended | band 2% / 5% (dec) |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for st in analysis["stages"]:
     for info in st["optimizers"].values():
       if "best_wd" not in info:
@@ -359,7 +362,7 @@ def _scales_section(study: Spec, out: Path) -> list[str]:
   lines = ["", "g-SNR scales of sgd_sai (`normalize=True`) captured in the first two steps "
            "(seed 0), per block; every block's in `scales.json`. Above 1: blocks captured "
            "after the normaliser was fixed (step 1) with a larger g-SNR.", "",
-           "| width | normaliser | blocks | min | median | max | above 1 |",
+           f"| {study.axis_name} | normaliser | blocks | min | median | max | above 1 |",
            "|---|---|---|---|---|---|---|"]
   for w, m in measured.items():
     values = np.concatenate([np.ravel(v) for v in m["scales"].values()])
@@ -368,7 +371,7 @@ def _scales_section(study: Spec, out: Path) -> list[str]:
                  f"{np.median(values):.3g} | {values.max():.3g} | "
                  f"{', '.join(above) or 'none'} |")
   lines.append("")
-  lines += [f"- width {w}: " + ", ".join(
+  lines += [f"- {study.axis_name} {w}: " + ", ".join(
       f"`{p}` {np.max(v):.3g}" for p, v in m["scales"].items()) for w, m in measured.items()]
   return lines
 

@@ -49,9 +49,12 @@ class Spec:
     arms: named arms beyond the plain optimizers (see :class:`Arm`).
     budgets: training steps (each with its own warmup and cosine decay).
     widths: the model's width axis (the first is the main width).
+    axis: ``""``: ``widths`` set the model's width fields; else the one config field they
+      set instead (``"n_layer"``: a depth axis), named so in the report.
     lr_ks: half-decade learning-rate points around each optimizer's default.
     wd_ks: half-decade weight-decay points around its default (``(0,)``: the default only).
-    decay_per_step: the weight-decay axis is ``lr x wd`` per step (see the module doc).
+    decay_per_step: the weight-decay axis is ``lr x wd`` per step (see the module doc):
+      ``True`` for every optimizer, or the optimizers and arms for which it is.
     max_extend: points added beyond an edge of either axis while the best sits on it.
     seeds_best: extra seeds at the best point.
     seeds_best_largest: ... at budgets >= ``largest_budget``.
@@ -75,9 +78,10 @@ class Spec:
   arms: tuple[Arm, ...] = ()
   budgets: tuple[int, ...] = (100, 300, 1000, 3000)
   widths: tuple[int, ...] = (128, 64, 256)
+  axis: str = ""
   lr_ks: tuple[int, ...] = (-2, -1, 0, 1, 2)
   wd_ks: tuple[int, ...] = (0,)
-  decay_per_step: bool = False
+  decay_per_step: bool | tuple[str, ...] = False
   max_extend: int = 3
   seeds_best: tuple[int, ...] = (1,)
   seeds_best_largest: tuple[int, ...] = (1, 2)
@@ -128,6 +132,16 @@ class Spec:
 
     arm = {a.name: a for a in self.arms}.get(key) or Arm(key, key)
     return dataclasses.replace(arm, label=arm.label or optim.OPTIMIZERS[arm.optimizer].label)
+
+  def per_step(self, key: str) -> bool:
+    """Whether optimizer or arm ``key``'s weight decay is set as ``lr x wd`` per step."""
+    d = self.decay_per_step
+    return d if isinstance(d, bool) else key in d
+
+  @property
+  def axis_name(self) -> str:
+    """What the report calls the width axis: ``width``, or the config field it sets."""
+    return self.axis or "width"
 
   @property
   def results_dir(self) -> str:

@@ -34,6 +34,10 @@ from benchmarks.study.spec import RESULTS_ROOT, Spec
 OUT = Path(RESULTS_ROOT) / "study" / "transfer"
 OPTIMIZERS = ("sgd_sai", "adamw", "sgdm")
 DERIVED = "sgd_sai, normalize=False (same per-step decay)"
+# The studies with a width (or depth) axis, and the weight decays they ran at.
+WIDTH_SPECS = (("scaling_gpt2", "the examples' weight decays"),
+               ("scaling_vit", "the examples' weight decays"),
+               ("width_gpt2", "tuned weight decays"), ("depth_gpt2", "tuned weight decays"))
 
 
 def drift_per_doubling(points: Sequence[tuple[float, float]]) -> float | None:
@@ -168,13 +172,14 @@ def write_table(widths: Sequence[dict[str, Any]], kinds: dict[str, Any], out: Pa
            "line is the `normalize=True` runs read in the other convention: learning rate / "
            "normaliser, weight decay x normaliser, the same optimizer.", ""]
   for wt in widths:
-    ws = wt["widths"]
-    lines += [f"## Across width: {wt['title']}, {wt['budget']} steps", "",
-              "Normaliser per width: " + ", ".join(
+    ws, axis = wt["widths"], wt.get("axis", "width")
+    lines += [f"## Across {axis}: {wt['title']}, {wt['budget']} steps", "",
+              f"Normaliser per {axis}: " + ", ".join(
                   f"{w}: {wt['normalisers'][w]:.3g}" for w in ws) + ".", "",
-              "| optimizer | " + " | ".join(f"best lr, width {w}" for w in ws)
+              "| optimizer | " + " | ".join(f"best lr, {axis} {w}" for w in ws)
               + " | drift (decades per doubling) | "
-              + " | ".join(f"loss lost at width {w} with width {ws[0]}'s lr" for w in ws[1:])
+              + " | ".join(f"loss lost at {axis} {w} with {axis} {ws[0]}'s lr"
+                           for w in ws[1:])
               + " |", "|---|" + "---|" * (2 * len(ws))]
     for name, o in wt["optimizers"].items():
       lost = [("outside the grid" if o["reuse_lost"][w] is None
@@ -202,18 +207,20 @@ def write_table(widths: Sequence[dict[str, Any]], kinds: dict[str, Any], out: Pa
 
 
 def main() -> str:
-  """Reads the scaling and kinds logs, writes the transfer report; returns its text."""
+  """Reads the scaling, width, depth and kinds logs, writes the transfer report; returns its
+  text."""
   from benchmarks.study import backends
   from benchmarks.study.specs import SPECS
 
   widths = []
-  for name in ("scaling_gpt2", "scaling_vit"):
+  for name, decays in WIDTH_SPECS:
     spec = SPECS[name]
     rows = log.read_cells(Path(spec.results_dir))
     for budget in spec.budgets:
       wt = width_transfer(spec, rows, budget, lambda w, s=spec: backends.normaliser(s, w))
       if wt is not None:
-        wt["title"] = spec.model_spec.title.format(dataset=spec.dataset)
+        wt["title"] = f"{spec.model_spec.title.format(dataset=spec.dataset)}, {decays}"
+        wt["axis"] = spec.axis_name
         widths.append(wt)
   kinds = kinds_transfer([SPECS[n] for n in ("kinds_gpt2", "kinds_vit", "kinds_cnn")],
                          lambda s: log.read_cells(Path(s.results_dir)), backends.normaliser)

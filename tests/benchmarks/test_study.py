@@ -126,6 +126,31 @@ def test_grids_come_from_the_optimizer_table_and_the_example_defaults():
   assert planner.weight_decay(per_step, 16, "sgd_sai", -2, lr) == pytest.approx(wd / 10)
 
 
+def test_per_step_decay_for_some_optimizers_and_a_depth_axis():
+  from examples.gpt2 import configs
+
+  table = {n: (lr, wd) for n, lr, wd in configs.get_config("tiny").optimizer_defaults}
+  # Only sgd_sai's decay is per step: its wd follows 1 / lr, AdamW's stays at its default.
+  mixed = dataclasses.replace(TINY, decay_per_step=("sgd_sai",))
+  assert mixed.per_step("sgd_sai") and not mixed.per_step("adamw")
+  lr, wd = table["sgd_sai"]
+  assert planner.weight_decay(mixed, 16, "sgd_sai", 0, 10 * lr) == pytest.approx(wd / 10)
+  assert planner.weight_decay(mixed, 16, "adamw", 0, 1.0) == pytest.approx(table["adamw"][1])
+  # A depth axis sets n_layer and leaves the width where the overrides put it.
+  depth = dataclasses.replace(TINY, axis="n_layer", widths=(1, 2),
+                              overrides=(*TINY.overrides, ("n_embd", 16)))
+  cfg = planner.base_config(depth, 2, 3, "sgd_sai")
+  assert (cfg.n_layer, cfg.n_embd) == (2, 16) and depth.axis_name == "n_layer"
+  # The width and depth transfer specs: SGD-SaI at 5e-4 per step, the others at fixed wd.
+  for name in ("width_gpt2", "depth_gpt2"):
+    spec = SPECS[name]
+    for lr in (0.05, 5.0):
+      assert lr * planner.weight_decay(spec, 64, "sgd_sai", 0, lr) == pytest.approx(5e-4)
+      assert planner.weight_decay(spec, 64, "adamw", 0, lr) == pytest.approx(0.316)
+      assert planner.weight_decay(spec, 64, "sgdm", 0, lr) == pytest.approx(1e-5)
+  assert planner.base_config(SPECS["depth_gpt2"], 8, 300, "adamw").n_layer == 8
+
+
 def test_every_spec_names_known_optimizers_and_models():
   assert {"scaling_gpt2", "scaling_vit", "lr_wd_gpt2", "kinds_cnn", "lora"} <= set(SPECS)
   for spec in SPECS.values():

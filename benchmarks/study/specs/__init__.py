@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.study.spec import Spec
-from benchmarks.study.specs import documented, kinds, lora, lr_wd, scaling
+from benchmarks.study.specs import documented, kinds, lora, lr_wd, scaling, width
 
-SPECS: dict[str, Spec] = {s.name: s for m in (scaling, lr_wd, kinds, lora, documented)
+SPECS: dict[str, Spec] = {s.name: s for m in (scaling, lr_wd, kinds, lora, documented, width)
                       for s in m.SPECS}
