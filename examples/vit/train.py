@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -79,20 +78,13 @@ def build_task(config: ViTConfig, optimizer: str | None = None) -> training.Task
   )
 
 
-def train(
-    config: ViTConfig,
-    optimizer: str | None = None,
-    workdir: str | Path | None = None,
-    steps: int | None = None,
-    **kwargs: Any,
-) -> dict[str, Any]:
-  """Trains and returns the final metrics (``val_loss``, ``val_accuracy``, ``train_loss``,
-  ``images_per_s``, ``wall_time_s``, ...; plus the final ``params`` and ``opt_state``).
-
-  Keyword arguments (``resume``, ``resume_step``, ``mesh``, ``stop_after``, ``progress``)
-  are those of :func:`examples.common.training.fit`.
-  """
-  return training.train(build_task, config, optimizer, workdir, steps, **kwargs)
+def train(config: ViTConfig, optimizer: str | None = None, *args: Any, **kwargs: Any
+          ) -> dict[str, Any]:
+  """:func:`examples.common.training.train` with this example's task: the same arguments
+  (``workdir``, ``steps``, ``resume``, ``mesh``, ...); returns the final metrics
+  (``val_loss``, ``val_accuracy``, ``images_per_s``, ...) and the final ``params`` and
+  ``opt_state``."""
+  return training.train(build_task, config, optimizer, *args, **kwargs)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
