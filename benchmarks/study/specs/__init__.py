@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.study.spec import Spec
-from benchmarks.study.specs import documented, kinds, lora, lr_wd, scaling, width
+from benchmarks.study.specs import defaults, documented, kinds, lora, lr_wd, scaling, width
 
-SPECS: dict[str, Spec] = {s.name: s for m in (scaling, lr_wd, kinds, lora, documented, width)
-                      for s in m.SPECS}
+SPECS: dict[str, Spec] = {
+    s.name: s for m in (scaling, lr_wd, kinds, lora, documented, width, defaults) for s in m.SPECS}
