@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 
 import jax
@@ -174,8 +175,10 @@ def test_resume_refuses_a_longer_cosine_and_extends_with_its_horizon_kept(
   with pytest.raises(train_lib.training.ResumeMismatchError,
                      match="horizon 10.*add --decay-steps 10"):
     train_lib.train(longer, "sgd_sai", tmp_path, resume=True)
-  with pytest.raises(train_lib.training.ResumeMismatchError, match="learning_rate 0.5 -> 0.1"):
-    train_lib.train(dataclasses.replace(cfg, learning_rate=0.1), "sgd_sai", tmp_path,
+  lr = cfg.learning_rates["sgd_sai"]  # the run's learning rate, from the config's table
+  with pytest.raises(train_lib.training.ResumeMismatchError,
+                     match=re.escape(f"learning_rate {lr!r} -> {lr / 5!r}")):
+    train_lib.train(dataclasses.replace(cfg, learning_rate=lr / 5), "sgd_sai", tmp_path,
                     resume=True)
   capsys.readouterr()
   with pytest.raises(SystemExit) as exit_info:
