@@ -37,6 +37,10 @@ class LoRAConfig(GPTConfig):
   base_checkpoint: str | None = None
   base_dataset: str = "pydoc"
   base_optimizer: str = "adamw"
+  # The base recipe's peak learning rate and weight decay, pinned (not the GPT-2 tiny
+  # config's current defaults) so that the cached base and the LoRA study stay the same.
+  base_learning_rate: float = 3e-3
+  base_weight_decay: float = 0.1
   base_steps: int = 400
   base_seed: int = 0
   base_dir: str = "runs/lora-base"
@@ -51,6 +55,8 @@ class LoRAConfig(GPTConfig):
     super().check()
     check_range("rank", self.rank, low=0)
     check_range("base_steps", self.base_steps, low=1)
+    check_range("base_learning_rate", self.base_learning_rate, low=0, low_open=True)
+    check_range("base_weight_decay", self.base_weight_decay, low=0)
     if self.pin_a and self.rank == 0:
       raise ConfigError("needs adapters (rank > 0): full fine-tuning has no A", "pin_a")
 

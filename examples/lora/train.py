@@ -55,7 +55,8 @@ def base_config(cfg: LoRAConfig) -> gpt_configs.GPTConfig:
   return dataclasses.replace(
       gpt_configs.get_config("tiny"), **{f: getattr(cfg, f) for f in model_fields},
       dataset=cfg.base_dataset, data_dir=cfg.base_data_dir, steps=cfg.base_steps,
-      seed=cfg.base_seed, optimizer=cfg.base_optimizer, ckpt_every=cfg.base_steps,
+      seed=cfg.base_seed, optimizer=cfg.base_optimizer, learning_rate=cfg.base_learning_rate,
+      weight_decay=cfg.base_weight_decay, ckpt_every=cfg.base_steps,
       eval_every=cfg.base_steps, dropout=0.0, scan_layers=False,
   )
 
@@ -63,7 +64,8 @@ def base_config(cfg: LoRAConfig) -> gpt_configs.GPTConfig:
 def base_workdir(cfg: LoRAConfig) -> Path:
   """Where the pretrained base is cached: one folder per base recipe."""
   key = (f"{cfg.base_dataset}-L{cfg.n_layer}-H{cfg.n_head}-D{cfg.n_embd}-T{cfg.block_size}"
-         f"-{cfg.base_optimizer}-{cfg.base_steps}steps-seed{cfg.base_seed}")
+         f"-{cfg.base_optimizer}-lr{cfg.base_learning_rate:g}-wd{cfg.base_weight_decay:g}"
+         f"-{cfg.base_steps}steps-seed{cfg.base_seed}")
   return Path(cfg.base_dir) / key
 
 
