@@ -8,8 +8,9 @@ writes ``benchmarks/results/study/transfer/table.md`` and ``summary.json``:
   ``log10(best lr)`` against ``log2(width)``), and the loss lost at each width by reusing
   the smallest width's best learning rate (read off that width's seed-0 grid, interpolated
   linearly in ``log10(lr)`` where it is not a grid point).
-* **Across kinds of model** (the kinds specs): each optimizer's best learning rate per
-  model and their spread in decades, ``log10(max / min)``.
+* **Across kinds of model** (the kinds specs at the examples' decays, and the defaults
+  specs with the decay tuned): each optimizer's best learning rate per model and their
+  spread in decades, ``log10(max / min)``.
 
 SGD-SaI's two conventions are one optimizer: ``normalize=False`` at learning rate
 ``lr / N`` and weight decay ``wd x N`` is ``normalize=True`` at ``(lr, wd)``, ``N`` the
@@ -38,6 +39,12 @@ DERIVED = "sgd_sai, normalize=False (same per-step decay)"
 WIDTH_SPECS = (("scaling_gpt2", "the examples' weight decays"),
                ("scaling_vit", "the examples' weight decays"),
                ("width_gpt2", "tuned weight decays"), ("depth_gpt2", "tuned weight decays"))
+# The comparisons across kinds of model: one spec per model, and how they ran.
+KINDS_SPECS = ((("kinds_gpt2", "kinds_vit", "kinds_cnn"),
+                "300 steps, one seed, the examples' weight decays"),
+               (("defaults_gpt2", "defaults_vit", "defaults_cnn"),
+                "the tiny configs as their commands run them: 200 steps, each model's own "
+                "data and width, weight decay tuned per optimizer"))
 
 
 def drift_per_doubling(points: Sequence[tuple[float, float]]) -> float | None:
@@ -164,7 +171,8 @@ def _label(name: str) -> str:
   return name if name == DERIVED else optim.OPTIMIZERS[name].label
 
 
-def write_table(widths: Sequence[dict[str, Any]], kinds: dict[str, Any], out: Path) -> str:
+def write_table(widths: Sequence[dict[str, Any]], kinds: Sequence[dict[str, Any]],
+                out: Path) -> str:
   """``table.md`` and ``summary.json`` in ``out``; returns the table's text."""
   lines = ["# Does one learning rate carry over?", "",
            "Best learning rates read from the finished study logs (seed 0 of each grid; "
@@ -187,14 +195,16 @@ def write_table(widths: Sequence[dict[str, Any]], kinds: dict[str, Any], out: Pa
       lines.append(f"| {_label(name)} | " + " | ".join(f"{o['lrs'][w]:.3g}" for w in ws)
                    + f" | {o['drift']:+.2f} | " + " | ".join(lost) + " |")
     lines.append("")
-  if kinds["models"]:
-    ms = kinds["models"]
-    lines += ["## Across kinds of model (300 steps, one seed, the examples' weight decays)", "",
+  for kt in kinds:
+    ms = kt["models"]
+    if not ms:
+      continue
+    lines += [f"## Across kinds of model ({kt['title']})", "",
               "Normaliser per model: " + ", ".join(
-                  f"{m}: {kinds['normalisers'][m]:.3g}" for m in ms) + ".", "",
+                  f"{m}: {kt['normalisers'][m]:.3g}" for m in ms) + ".", "",
               "| optimizer | " + " | ".join(ms) + " | spread (decades) |",
               "|---|" + "---|" * (len(ms) + 1)]
-    for name, o in kinds["optimizers"].items():
+    for name, o in kt["optimizers"].items():
       lines.append(f"| {_label(name)} | " + " | ".join(f"{o['lrs'][m]:.3g}" for m in ms)
                    + f" | {o['spread']:.2f} |")
     lines.append("")
@@ -207,8 +217,8 @@ def write_table(widths: Sequence[dict[str, Any]], kinds: dict[str, Any], out: Pa
 
 
 def main() -> str:
-  """Reads the scaling, width, depth and kinds logs, writes the transfer report; returns its
-  text."""
+  """Reads the scaling, width, depth, kinds and defaults logs, writes the transfer report;
+  returns its text."""
   from benchmarks.study import backends
   from benchmarks.study.specs import SPECS
 
@@ -222,8 +232,11 @@ def main() -> str:
         wt["title"] = f"{spec.model_spec.title.format(dataset=spec.dataset)}, {decays}"
         wt["axis"] = spec.axis_name
         widths.append(wt)
-  kinds = kinds_transfer([SPECS[n] for n in ("kinds_gpt2", "kinds_vit", "kinds_cnn")],
-                         lambda s: log.read_cells(Path(s.results_dir)), backends.normaliser)
+  kinds = []
+  for names, title in KINDS_SPECS:
+    kt = kinds_transfer([SPECS[n] for n in names],
+                        lambda s: log.read_cells(Path(s.results_dir)), backends.normaliser)
+    kinds.append({**kt, "title": title})
   return write_table(widths, kinds, OUT)
 
 
