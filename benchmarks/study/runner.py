@@ -47,7 +47,7 @@ def run_study(spec: Spec, out: Path, *, optimizers: Sequence[str] | None = None,
             "grid" if all(k in spec.lr_ks and j in spec.wd_ks for k, j, _ in state["next"])
             else "extend")
         name = hashlib.sha1(repr((budget, width, key, state["next"])).encode()).hexdigest()
-        log_fn(f"[{budget} steps, width {width}] {key} {phase}: "
+        log_fn(f"[{budget} steps, {spec.axis_name} {width}] {key} {phase}: "
                + ", ".join(f"lr {lr:g} wd {wd:g} seed {s}" for lr, wd, s in members))
         results = backends.train_cells(spec, budget, width, key, members,
                                        partial=out / "_partial" / name[:12], log_fn=log_fn)
