@@ -105,7 +105,13 @@ def test_big_vision_config_names_the_registered_transform(big_vision_stand_in):
   tx_func = operator.attrgetter(config.optax_name)(optax)  # as big_vision.optax.make does
   assert tx_func is optax_sai.scale_by_sai
   tx_func(**config.optax).init({"kernel": jnp.ones((2, 2))})
-  assert config.wd == pytest.approx(config.lr * 1e-2)  # "config.wd = config.lr * λ"
+  # The block carries the vit-s16 example's SGD-SaI settings, with "config.wd = config.lr * λ".
+  from examples.vit import configs as vit_configs
+
+  vit = vit_configs.get_config("vit-s16")
+  lr, wd = vit.learning_rates["sgd_sai"], vit.weight_decays["sgd_sai"]
+  assert config.lr == pytest.approx(lr)
+  assert config.wd == pytest.approx(lr * wd)
 
 
 # --- Levanter -------------------------------------------------------------------------------
